@@ -1,0 +1,98 @@
+"""
+An in-process gateway in front of a real sshd, for integration tests.
+
+The gateway runs on the test's reactor; operators are real OpenSSH client
+processes spawned without blocking it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from twisted.internet import reactor
+
+from tests.sshd import TargetSSHD
+from wraith_conch.config import build_config
+from wraith_conch.gateway.assembly import build_gateway_factory
+from wraith_conch.testing import ScriptedApprover
+
+
+def keygen(path: str, kind: str = "ed25519") -> str:
+    """Make a key pair with the real ssh-keygen; return the public key line."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "test", "-f", path],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    with open(path + ".pub") as f:
+        return f.read().strip()
+
+
+class Gateway:
+    """A gateway listening on 127.0.0.1 in this process, and an operator key for it."""
+
+    def __init__(self, testcase, sshd: TargetSSHD, approver=None, **overrides) -> None:
+        base = testcase.mktemp()
+        os.makedirs(base)
+        self.base = base
+        self.sshd = sshd
+        self.operator_key = os.path.join(base, "operator_key")
+        operator_pub = keygen(self.operator_key)
+        self.authorized_keys = os.path.join(base, "authorized_keys")
+        with open(self.authorized_keys, "w") as f:
+            f.write(overrides.pop("authorized_keys_text", operator_pub + "\n"))
+        options = {
+            "host-key": os.path.join(base, "gateway_host_key"),
+            "target": f"{sshd.address}:{sshd.port}"
+            if ":" not in sshd.address
+            else f"[{sshd.address}]:{sshd.port}",
+            "target-known-hosts": sshd.known_hosts_path,
+            "target-identity": sshd.client_key_path,
+            "authorized-keys": self.authorized_keys,
+            "approval": "ws://127.0.0.1:9/unused-by-in-process-tests",
+            "approval-timeout": "30",
+        }
+        options.update(overrides)
+        self.config = build_config(options, reactor)
+        self.approver = approver if approver is not None else ScriptedApprover()
+        factory = build_gateway_factory(reactor, self.config, self.approver)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        testcase.addCleanup(self.port.stopListening)
+        self.port_number = self.port.getHost().port
+        self.known_hosts = os.path.join(base, "gateway_known_hosts")
+        with open(self.known_hosts, "w") as f:
+            f.write(
+                f"[127.0.0.1]:{self.port_number} {self.config.host_key.public().toString('openssh').decode()}\n"
+            )
+
+    def ssh_argv(self, *command: str, user: str | None = None, extra=()) -> list[str]:
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port_number),
+            "-i",
+            self.operator_key,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            *extra,
+            f"{user or self.sshd.user}@127.0.0.1",
+            *command,
+        ]
+
+
+def home_of(sshd: TargetSSHD) -> str:
+    """The login user's home directory on the target (where relative paths land)."""
+    import pwd
+
+    return pwd.getpwnam(sshd.user).pw_dir

@@ -1,0 +1,320 @@
+"""
+C{twistd wraith} as users run it: the plugin, its flags, its errors, and a
+real gateway process in front of a real sshd with an approval service
+written from PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from tests.approval_service import ApprovalService
+from tests.gatewayharness import keygen
+from tests.operator import spawn_ssh
+from tests.sshd import start_sshd
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = [
+    "--listen",
+    "--host-key",
+    "--target",
+    "--target-known-hosts",
+    "--target-identity",
+    "--authorized-keys",
+    "--auth",
+    "--log-format",
+    "--approval",
+    "--approval-token",
+    "--approval-token-file",
+    "--approval-timeout",
+    "--on-mismatch",
+]
+
+
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
+def twistd_argv(*args: str) -> list[str]:
+    return [sys.executable, "-c", TWISTD, *args]
+
+
+class PluginInstallTests(unittest.TestCase):
+    """C{pip install .} into a fresh virtualenv puts the plugin where twistd finds it."""
+
+    timeout = 300
+
+    def test_help_from_fresh_virtualenv(self):
+        with tempfile.TemporaryDirectory() as venv:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", venv],
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            # Dependencies come from the system site; the project itself must
+            # be installed for real (not found on sys.path by accident).
+            build = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, build, True)
+            shutil.copytree(
+                REPO,
+                os.path.join(build, "src"),
+                ignore=shutil.ignore_patterns(
+                    ".git", "_trial_temp*", "*.egg-info", "build", "__pycache__"
+                ),
+            )
+            subprocess.run(
+                [
+                    os.path.join(venv, "bin", "pip"),
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--no-build-isolation",
+                    os.path.join(build, "src"),
+                ],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+            # The venv shares the system site, so its twistd script is the
+            # system's; run twistd with the venv's interpreter instead.
+            venv_python = os.path.join(venv, "bin", "python")
+            result = subprocess.run(
+                [venv_python, "-c", TWISTD, "wraith", "--help"],
+                cwd=venv,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        for flag in FLAGS:
+            [line] = [line for line in lines if line.strip().startswith(flag + "=")] or [None]
+            self.assertIsNotNone(line, f"{flag} missing from --help")
+            # A one-line description follows the flag.
+            self.assertGreater(len(line.split(flag, 1)[1].strip()), 10, line)
+
+
+class CommandLineErrorTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.identity = os.path.join(self.base, "id")
+        pub = keygen(self.identity)
+        self.keys = os.path.join(self.base, "authorized_keys")
+        with open(self.keys, "w") as f:
+            f.write(pub + "\n")
+        self.known = os.path.join(self.base, "known_hosts")
+        open(self.known, "w").close()
+
+    def assertFlagError(self, result, flag: str, words: str):
+        self.assertNotEqual(result.returncode, 0)
+        last = result.stdout.strip().splitlines()[-1] + result.stderr
+        self.assertIn(flag, last)
+        self.assertIn(words, last)
+
+    def run_parse(self, *extra: str) -> subprocess.CompletedProcess:
+        args = {
+            "--host-key": os.path.join(self.base, "hk"),
+            "--target": "127.0.0.1:22",
+            "--target-known-hosts": self.known,
+            "--target-identity": self.identity,
+            "--authorized-keys": self.keys,
+            "--approval": "ws://127.0.0.1:9/",
+        }
+        overridden = {e.split("=", 1)[0] for e in extra}
+        argv = [f"{k}={v}" for k, v in args.items() if k not in overridden]
+        return subprocess.run(
+            twistd_argv("-n", "--pidfile=", "wraith", *argv, *extra),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+
+    def test_unknown_flag(self):
+        result = self.run_parse("--no-such-flag")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("no-such-flag", result.stdout + result.stderr)
+
+    def test_missing_known_hosts(self):
+        result = self.run_parse("--target-known-hosts=/nonexistent/known_hosts")
+        self.assertFlagError(result, "--target-known-hosts", "/nonexistent/known_hosts")
+
+    def test_unreadable_identity(self):
+        result = self.run_parse("--target-identity=/nonexistent/id")
+        self.assertFlagError(result, "--target-identity", "/nonexistent/id")
+
+    def test_bad_endpoint(self):
+        result = self.run_parse("--listen=bogus:what")
+        self.assertFlagError(result, "--listen", "bogus:what")
+
+    def test_malformed_key(self):
+        bad = os.path.join(self.base, "bad_identity")
+        with open(bad, "w") as f:
+            f.write(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n"
+            )
+        os.chmod(bad, 0o600)
+        result = self.run_parse(f"--target-identity={bad}")
+        self.assertFlagError(result, "--target-identity", "not a usable private key")
+
+    def test_bad_target(self):
+        result = self.run_parse("--target=host:notaport")
+        self.assertFlagError(result, "--target", "bad port")
+
+    def test_approval_required(self):
+        result = self.run_parse("--approval=")
+        self.assertFlagError(result, "--approval", "approve-everything")
+
+
+class TwistdGatewayTests(unittest.TestCase):
+    """A real C{twistd -n wraith} process, a real sshd, real ssh."""
+
+    timeout = 90
+
+    def setUp(self):
+        self.sshd = start_sshd(self)
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.service = ApprovalService(
+            rule=lambda r: ("deny", "not today") if "DENYME" in r["command"] else ("approve", "ok"),
+            token="s3cret-token",
+        )
+        self.approval_url = self.service.listen(reactor, self)
+        self.operator_key = os.path.join(self.base, "operator")
+        pub = keygen(self.operator_key)
+        self.keys = os.path.join(self.base, "authorized_keys")
+        with open(self.keys, "w") as f:
+            f.write(pub + "\n")
+
+    @defer.inlineCallbacks
+    def start_gateway(self, *extra: str):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.host_key = os.path.join(self.base, "gateway_host_key")
+        self.logfile = os.path.join(self.base, "twistd.log")
+        argv = twistd_argv(
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.logfile}",
+            "wraith",
+            f"--listen=tcp:{self.port}:interface=127.0.0.1",
+            f"--host-key={self.host_key}",
+            f"--target=127.0.0.1:{self.sshd.port}",
+            f"--target-known-hosts={self.sshd.known_hosts_path}",
+            f"--target-identity={self.sshd.client_key_path}",
+            f"--authorized-keys={self.keys}",
+            f"--approval={self.approval_url}",
+            "--approval-token=s3cret-token",
+            *extra,
+        )
+        self.process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(self.stop_gateway)
+        for _ in range(100):  # up to 10 s for the key file and the port
+            if self.process.poll() is not None:
+                self.fail(f"twistd exited: {self.process.stdout.read().decode()}")
+            if os.path.exists(self.host_key) and self.service.connections:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("gateway did not start and connect to the approval service")
+        from twisted.conch.ssh import keys
+
+        self.known = os.path.join(self.base, "known_hosts")
+        with open(self.known, "w") as f:
+            public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
+            f.write(f"[127.0.0.1]:{self.port} {public}\n")
+
+    def stop_gateway(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+    def ssh(self, *command: str):
+        argv = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-i",
+            self.operator_key,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            f"{self.sshd.user}@127.0.0.1",
+            *command,
+        ]
+        return spawn_ssh(reactor, argv)
+
+    @defer.inlineCallbacks
+    def test_exec_approved_and_denied_through_twistd(self):
+        yield self.start_gateway()
+        self.assertEqual(os.stat(self.host_key).st_mode & 0o777, 0o600)
+        code, out, err = yield self.ssh("echo approved-run; exit 5")
+        self.assertEqual((code, out.strip()), (5, b"approved-run"), err)
+        code, out, err = yield self.ssh("echo never DENYME")
+        self.assertEqual(code, 1)
+        self.assertIn(b"denied: not today", err)
+        self.assertEqual(out, b"")
+        hello = self.service.frames[0]
+        self.assertEqual((hello["type"], hello["role"], hello["version"]), ("hello", "gateway", 1))
+        commands = [r["command"] for r in self.service.requests]
+        self.assertEqual(commands, ["echo approved-run; exit 5", "echo never DENYME"])
+        with open(self.logfile) as f:
+            log = f.read()
+        self.assertIn("auth accepted", log)
+        self.assertNotIn("s3cret-token", log)
+
+    @defer.inlineCallbacks
+    def test_json_logs(self):
+        yield self.start_gateway("--log-format=json")
+        code, out, err = yield self.ssh("true")
+        self.assertEqual(code, 0, err)
+        import json
+
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        events = []
+        with open(self.logfile) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    events.append(json.loads(line))
+        accepted = [
+            e for e in events if e.get("event_kind") == "auth" and e.get("result") == "accepted"
+        ]
+        self.assertEqual(len(accepted), 1, events)
+        self.assertEqual(accepted[0]["user"], self.sshd.user)
+        self.assertEqual(accepted[0]["method"], "publickey")
+        self.assertTrue(accepted[0]["key_fingerprint"].startswith("SHA256:"))

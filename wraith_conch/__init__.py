@@ -1,0 +1,1 @@
+"""wraith_conch: an SSH gateway that holds every command until a reviewer approves it."""

@@ -1,0 +1,1 @@
+"""The SSH server side of the gateway: auth, avatar, session relay."""

@@ -1,0 +1,168 @@
+"""
+Operator authentication: who may use the gateway, and with what restrictions.
+
+Two modes, and neither ever accepts everything:
+
+  - C{keys}: public keys from an OpenSSH C{authorized_keys} file, with its
+    options (C{from=}, C{no-pty}, C{restrict}, ...) honoured;
+  - C{passthrough}: the operator's password is tried against the target
+    first, and the operator is let in only if the target accepts it; that
+    authenticated connection then carries the operator's session.
+
+Conch's credential objects do not carry the client's address, which
+C{from=} needs, so L{ClientAddressPortal} wraps each credential with it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import attrs
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh import keys
+from twisted.cred import credentials as credmod
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from zope.interface import directlyProvides, implementer, providedBy
+
+from wraith_conch.gateway.authorized_keys import AuthorizedKeys, KeyOptions
+from wraith_conch.upstream.client import UpstreamAuthFailed, UpstreamConnection, UpstreamLogin
+from wraith_conch.upstream.known_hosts import sha256_fingerprint
+
+# The user name is also the login name at the target and appears in logs
+# and approval requests, so keep it to what a Unix login name can be (plus
+# the @ and % a later issue uses to pick a target).
+_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@%+-]{0,63}$")
+
+
+def decode_user_name(raw: bytes) -> str:
+    """The operator's user name, or L{UnauthorizedLogin} if it is not a sane one."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnauthorizedLogin("user name is not UTF-8") from None
+    if not _USER_NAME.match(name):
+        raise UnauthorizedLogin("user name has characters a login name cannot have")
+    return name
+
+
+@attrs.frozen
+class OperatorIdentity:
+    """The avatar id: an authenticated operator and how they got in."""
+
+    user: str
+    client: str
+    method: str
+    key_fingerprint: str | None = None
+    options: KeyOptions = attrs.field(factory=KeyOptions)
+    upstream: UpstreamConnection | None = attrs.field(default=None, eq=False, repr=False)
+
+
+class _WithClientAddress:
+    """A credential as Conch made it, plus the address it came from."""
+
+    def __init__(self, inner: object, client_address: str) -> None:
+        self._inner = inner
+        self.client_address = client_address
+        directlyProvides(self, *providedBy(inner))
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+class ClientAddressPortal:
+    """Wraps a portal so checkers see C{credentials.client_address}."""
+
+    def __init__(self, portal, client_address: str) -> None:
+        self._portal = portal
+        self._client_address = client_address
+
+    def listCredentialsInterfaces(self):
+        return self._portal.listCredentialsInterfaces()
+
+    def login(self, credentials, mind, *interfaces):
+        return self._portal.login(
+            _WithClientAddress(credentials, self._client_address), mind, *interfaces
+        )
+
+
+@implementer(ICredentialsChecker)
+class AuthorizedKeysChecker:
+    """Public-key auth against an C{authorized_keys} file, options included."""
+
+    credentialInterfaces = (credmod.ISSHPrivateKey,)
+
+    def __init__(
+        self, authorized_keys: AuthorizedKeys, now: Callable[[], datetime] | None = None
+    ) -> None:
+        self._authorized_keys = authorized_keys
+        self._now = now or (lambda: datetime.now(UTC))
+
+    def requestAvatarId(self, credentials) -> defer.Deferred:
+        return defer.maybeDeferred(self._check, credentials)
+
+    def _check(self, credentials) -> OperatorIdentity:
+        user = decode_user_name(credentials.username)
+        client = credentials.client_address
+        entry = self._authorized_keys.match(credentials.blob, _host_of(client), self._now())
+        if entry is None:
+            raise UnauthorizedLogin("key not authorized")
+        if credentials.signature is None:
+            raise ValidPublicKey()
+        try:
+            key = keys.Key.fromString(credentials.blob)
+            good = key.verify(credentials.signature, credentials.sigData)
+        except Exception:
+            good = False
+        if not good:
+            raise UnauthorizedLogin("bad signature")
+        return OperatorIdentity(
+            user=user,
+            client=client,
+            method="publickey",
+            key_fingerprint=sha256_fingerprint(key),
+            options=entry.options,
+        )
+
+
+@implementer(ICredentialsChecker)
+class PassthroughChecker:
+    """
+    Password auth decided by the target: the password is tried there first.
+
+    C{connect} opens an authenticated upstream connection for an
+    L{UpstreamLogin}; its failures other than a refused login (host key,
+    target down) pass through so the operator is told the real reason.
+    """
+
+    credentialInterfaces = (credmod.IUsernamePassword,)
+
+    def __init__(self, connect: Callable[[UpstreamLogin], defer.Deferred]) -> None:
+        self._connect = connect
+
+    def requestAvatarId(self, credentials) -> defer.Deferred:
+        try:
+            user = decode_user_name(credentials.username)
+        except UnauthorizedLogin as e:
+            return defer.fail(e)
+        client = credentials.client_address
+        d = self._connect(UpstreamLogin(user=user, password=credentials.password))
+
+        def accepted(upstream: UpstreamConnection) -> OperatorIdentity:
+            return OperatorIdentity(user=user, client=client, method="password", upstream=upstream)
+
+        def refused(failure):
+            failure.trap(UpstreamAuthFailed)
+            raise UnauthorizedLogin("the target refused the password")
+
+        return d.addCallbacks(accepted, refused)
+
+
+def _host_of(client: str) -> str:
+    """C{1.2.3.4:5678} or C{[::1]:5678} to the bare address."""
+    if client.startswith("["):
+        return client[1:].partition("]")[0]
+    return client.rpartition(":")[0] or client

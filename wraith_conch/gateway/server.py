@@ -1,0 +1,153 @@
+"""
+The SSH server the operators connect to: factory, transport and user auth.
+
+This module logs the transport and authentication events (and nothing about
+what a session does, which is the audit trail's job).
+"""
+
+from __future__ import annotations
+
+from twisted.conch.ssh import factory, keys, transport, userauth
+from twisted.conch.ssh.common import getNS
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wraith_conch.algorithms import prefer_fast_algorithms
+from wraith_conch.gateway.auth import ClientAddressPortal
+from wraith_conch.relay import RelayConnection
+from wraith_conch.upstream.client import UpstreamError
+from wraith_conch.upstream.known_hosts import sha256_fingerprint
+
+
+def format_address(address) -> str:
+    """C{127.0.0.1:2222} / C{[::1]:2222} for an IPv4/IPv6 address object."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+class GatewayUserAuth(userauth.SSHUserAuthServer):
+    """User auth that logs every attempt and explains upstream failures."""
+
+    _log = Logger()
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.portal = ClientAddressPortal(self.portal, self.transport.client_address)
+        self.attemptsBeforeDisconnect = self.transport.factory.max_auth_attempts - 1
+
+    def tryAuth(self, kind, user, data):
+        self._attempt_fingerprint = None
+        self._attempt_signed = True
+        if kind == b"publickey":
+            try:
+                self._attempt_signed = bool(data[:1] and data[0])
+                _, blob, _ = getNS(data[1:], 2)
+                self._attempt_fingerprint = sha256_fingerprint(keys.Key.fromString(blob))
+            except Exception:
+                self._attempt_fingerprint = "unparseable"
+        return super().tryAuth(kind, user, data)
+
+    def _log_attempt(self, result: str) -> None:
+        if self.method == b"none":
+            return
+        self._log.info(
+            "auth {result}: user={user} method={method} key={key_fingerprint} from {remote_addr}",
+            event_kind="auth",
+            result=result,
+            user=self.user.decode("utf-8", "backslashreplace"),
+            method=self.method.decode("ascii", "replace"),
+            key_fingerprint=self._attempt_fingerprint or "-",
+            remote_addr=self.transport.client_address,
+        )
+
+    def _cbFinishedAuth(self, result):
+        self._log_attempt("accepted")
+        self.transport.identity = result[1].identity
+        return super()._cbFinishedAuth(result)
+
+    def _ebBadAuth(self, reason):
+        upstream = reason.check(UpstreamError)
+        if upstream:
+            self._log_attempt("target-error")
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_SERVICE_NOT_AVAILABLE,
+                f"wraith: {reason.value}".encode("utf-8", "replace"),
+            )
+            return None
+        if not self._attempt_signed:
+            # A key query (no signature yet) is not a failed login.
+            self._log_attempt("key-refused" if reason.check(UnauthorizedLogin) else "key-ok")
+        else:
+            self._log_attempt("rejected")
+        return super()._ebBadAuth(reason)
+
+
+class GatewayConnection(RelayConnection):
+    """The operator-side SSH connection; channels come from the avatar."""
+
+
+class GatewayTransport(transport.SSHServerTransport):
+    _log = Logger()
+
+    def connectionMade(self) -> None:
+        self.client_address = format_address(self.transport.getPeer())
+        self.identity = None
+        self._opened_at = self.factory.reactor.seconds()
+        self._log.info(
+            "connection opened from {remote_addr}",
+            event_kind="connection",
+            remote_addr=self.client_address,
+            transport="tcp",
+        )
+        prefer_fast_algorithms(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason=None) -> None:
+        super().connectionLost(reason)
+        duration = self.factory.reactor.seconds() - self._opened_at
+        self._log.info(
+            "connection closed from {remote_addr} after {duration:.1f}s",
+            event_kind="connection",
+            remote_addr=self.client_address,
+            transport="tcp",
+            duration=duration,
+        )
+
+
+class GatewayFactory(factory.SSHFactory):
+    """Builds L{GatewayTransport}s; C{portal} decides who gets in."""
+
+    protocol = GatewayTransport
+    services = {
+        b"ssh-userauth": GatewayUserAuth,
+        b"ssh-connection": GatewayConnection,
+    }
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        portal,
+        host_key: keys.Key,
+        *,
+        max_auth_attempts: int = 6,
+    ) -> None:
+        self.reactor = reactor
+        self.portal = portal
+        self.host_key = host_key
+        self.max_auth_attempts = max_auth_attempts
+        self.publicKeys = {host_key.sshType(): host_key.public()}
+        self.privateKeys = {host_key.sshType(): host_key}
+        if host_key.type() == "RSA":
+            self.publicKeys[b"rsa-sha2-256"] = host_key.public()
+            self.privateKeys[b"rsa-sha2-256"] = host_key
+
+    def getPrimes(self):
+        # No moduli file: the Diffie-Hellman group-exchange kex is left out
+        # and curve25519 / ecdh are used, as every current client prefers.
+        return None

@@ -1,0 +1,133 @@
+"""
+C{twistd wraith}: command-line options and the service tree, nothing else.
+
+The flag names are fixed (outside tests use them); see docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python import usage
+
+from wraith_conch.approval.client import ApprovalClient
+from wraith_conch.config import DEFAULT_LISTEN, Config, ConfigError, build_config
+from wraith_conch.gateway.assembly import build_gateway_factory
+from wraith_conch.logs import json_observer_for_twistd
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "An SSH gateway: operators connect with any SSH client, every command"
+        " waits for an approval service, and approved ones are relayed to the target."
+    )
+
+    optParameters = [
+        [
+            "host-key",
+            None,
+            "wraith_host_key",
+            "Gateway host key file; ed25519 generated (0600) if missing.",
+        ],
+        ["target", None, None, "Target SSH server as HOST:PORT ([::1]:22 for IPv6)."],
+        [
+            "target-known-hosts",
+            None,
+            "~/.ssh/known_hosts",
+            "known_hosts file the target's host key must match.",
+        ],
+        [
+            "target-identity",
+            None,
+            None,
+            "Private key the gateway logs in to the target with (--auth keys).",
+        ],
+        ["authorized-keys", None, None, "Operators' public keys, OpenSSH authorized_keys format."],
+        [
+            "auth",
+            None,
+            "keys",
+            "keys (public keys only) or passthrough (target checks the password).",
+        ],
+        ["log-format", None, "text", "Log format: text or json (one object per line)."],
+        ["approval", None, None, "ws:// or wss:// URL of the approval service."],
+        ["approval-token", None, None, "Bearer token sent to the approval service."],
+        [
+            "approval-token-file",
+            None,
+            None,
+            "File holding the bearer token for the approval service.",
+        ],
+        ["approval-timeout", None, "300", "Seconds before an unanswered request is denied."],
+        [
+            "on-mismatch",
+            None,
+            "review",
+            "review or deny shell lines whose screen and keystrokes differ.",
+        ],
+        ["gateway-name", None, None, "Name sent to the approval service (default: host name)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.config: Config | None = None
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on (repeatable; default tcp:2222:interface=127.0.0.1)."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        try:
+            self.config = build_config(dict(self), reactor)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd resolves --logger by dotted name after we return, so the
+            # JSON observer is installed here and twistd's text one silenced.
+            globalLogPublisher.addObserver(
+                json_observer_for_twistd(parent.get("logfile"), bool(parent.get("nodaemon")))
+            )
+            parent["logger"] = "wraith_conch.logs.silent_observer_factory"
+
+
+Options.opt_listen.__doc__ = f"Endpoint to listen on (repeatable; default {DEFAULT_LISTEN})."
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    config = options.config
+    top = service.MultiService()
+    approver = ApprovalClient(
+        reactor,
+        config.approval,
+        token=config.approval_token,
+        gateway_name=config.gateway_name,
+        timeout=config.approval_timeout,
+    )
+    approver.setServiceParent(top)
+    log = Logger()
+    for skipped in config.authorized_keys.skipped if config.authorized_keys else ():
+        log.warn(
+            "--authorized-keys line {lineno} ignored: {reason}",
+            lineno=skipped.lineno,
+            reason=skipped.reason,
+        )
+    factory = build_gateway_factory(reactor, config, approver)
+    for description in config.listen:
+        StreamServerEndpointService(
+            serverFromString(reactor, description), factory
+        ).setServiceParent(top)
+    log.info(
+        "wraith gateway for {target} on {listen}",
+        target=str(config.target),
+        listen=", ".join(config.listen),
+    )
+    return top
