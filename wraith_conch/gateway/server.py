@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from wraith_conch.algorithms import prefer_fast_algorithms
 from wraith_conch.gateway.auth import ClientAddressPortal
+from wraith_conch.gateway.forwarding import ForwardingConnectionMixin
 from wraith_conch.relay import RelayConnection
 from wraith_conch.upstream.client import UpstreamError
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
@@ -88,7 +89,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         return super()._ebBadAuth(reason)
 
 
-class GatewayConnection(RelayConnection):
+class GatewayConnection(ForwardingConnectionMixin, RelayConnection):
     """The operator-side SSH connection; channels come from the avatar."""
 
 

@@ -44,6 +44,14 @@ from wraith_conch.approval.interfaces import (
     denial_from_failure,
 )
 from wraith_conch.gateway.auth import OperatorIdentity
+from wraith_conch.gateway.forwarding import (
+    CONTROL_HOST,
+    ChannelOpenRefused,
+    ControlChannel,
+    DirectTCPIPChannel,
+    TCPLeg,
+    unpack_direct_tcpip,
+)
 from wraith_conch.interception.gate import ShellGate
 from wraith_conch.interception.screen import Screen
 from wraith_conch.relay import RelayChannel
@@ -77,6 +85,50 @@ class SessionSettings:
     target: TargetAddress
     approval_timeout: float = DEFAULT_TIMEOUT_SECONDS
     on_mismatch: str = "review"
+    # Opens forwarded connections; None when forwarding is off.
+    forwarder: object | None = None
+
+
+@implementer(IApprover)
+class PublishingApprover:
+    """
+    The gateway's approver as one operator connection sees it: every request
+    and decision is also published to that operator's C{wraith-control}
+    channels.
+    """
+
+    def __init__(self, approver: IApprover, publish: Callable[[dict], None]) -> None:
+        self._approver = approver
+        self._publish = publish
+        self.description = approver.description
+
+    def request_decision(self, request: CommandRequest) -> defer.Deferred[Decision]:
+        self._publish(
+            {
+                "event": "pending",
+                "id": request.id,
+                "kind": request.kind,
+                "command": request.command,
+                "session": request.session,
+            }
+        )
+        d = self._approver.request_decision(request)
+
+        def decided(decision: Decision) -> Decision:
+            self._publish(
+                {
+                    "event": "approved" if decision.approved else "denied",
+                    "id": request.id,
+                    "reason": decision.reason,
+                    "reviewer": decision.reviewer,
+                }
+            )
+            return decision
+
+        return d.addCallback(decided)
+
+    def cancel(self, request_id: str, reason: str) -> None:
+        self._approver.cancel(request_id, reason)
 
 
 class UpstreamSessionChannel(RelayChannel):
@@ -145,7 +197,7 @@ class SessionChannel(RelayChannel):
             d = defer.maybeDeferred(self._handle_request, request_type, data, want_reply)
             d.addErrback(self._request_crashed, request_type)
             d.addCallback(answer.callback)
-            return None
+            return d  # the next request waits for this one
 
         self._requests.addCallback(run)
         return answer
@@ -225,14 +277,12 @@ class SessionChannel(RelayChannel):
         if request_type == b"shell":
             return self._open_upstream(request_type, data)
         try:
-            raw = getNS(data)[0]
-            command = raw.decode("utf-8")
-        except (UnicodeDecodeError, Exception):
-            self._explain("the command is not valid UTF-8")
-            return self._deny_start("the command is not valid UTF-8")
+            command = getNS(data)[0].decode("utf-8")
+        except Exception:
+            return self._deny_start(f"the {self.kind} request is malformed or not UTF-8")
         request = self.avatar.make_request(self, self.kind, command)
         self._pending_request = request
-        d = self.avatar.settings.approver.request_decision(request)
+        d = self.avatar.approver.request_decision(request)
         d.addErrback(denial_from_failure)
 
         def decided(decision: Decision):
@@ -322,7 +372,7 @@ class SessionChannel(RelayChannel):
 
         self.gate = ShellGate(
             clock=settings.reactor,
-            approver=settings.approver,
+            approver=self.avatar.approver,
             to_target=self._forward_input,
             # Messages go to the terminal, or to stderr when stdout may be data.
             to_operator=self.write if screen is not None else self._write_stderr,
@@ -381,7 +431,7 @@ class SessionChannel(RelayChannel):
             self.gate.close()
         pending, self._pending_request = self._pending_request, None
         if pending is not None:
-            self.avatar.settings.approver.cancel(pending.id, "session closed")
+            self.avatar.approver.cancel(pending.id, "session closed")
         super().closed()
 
 
@@ -400,17 +450,53 @@ class GatewayAvatar(ConchUser):
         self.session_id = f"s-{secrets.token_hex(4)}"
         self.conn = None
         self._logged_out = False
+        self._observers: list[Callable[[dict], None]] = []
+        self.approver = PublishingApprover(settings.approver, self.publish)
         upstream.lost.addCallback(self._upstream_lost)
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes):
         if channelType == b"session":
             return SessionChannel(self, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
-        if channelType == b"direct-tcpip":
-            raise ConchError(
-                "port forwarding is not enabled on this gateway",
-                connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
-            )
         raise ConchError("unknown channel type", connection.OPEN_UNKNOWN_CHANNEL_TYPE)
+
+    # -- forwarding ------------------------------------------------------------
+
+    def open_direct_tcpip(self, data: bytes, window: int, max_packet: int):
+        """A channel for C{ssh -L}/C{-D}, or L{ChannelOpenRefused}."""
+        host, port = unpack_direct_tcpip(data)
+        if host.lower().startswith("wraith-"):
+            # Reserved names are never connected to.
+            if host.lower() == CONTROL_HOST and port == 0:
+                return ControlChannel(
+                    self.subscribe, remoteWindow=window, remoteMaxPacket=max_packet
+                )
+            raise ChannelOpenRefused(
+                connection.OPEN_ADMINISTRATIVELY_PROHIBITED, "administratively prohibited"
+            )
+        forwarder = self.settings.forwarder
+        if forwarder is None:
+            raise ChannelOpenRefused(
+                connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "port forwarding is disabled on this gateway",
+            )
+        d = forwarder.open(host, port, self.identity.options)
+
+        def connected(leg: TCPLeg) -> DirectTCPIPChannel:
+            channel = DirectTCPIPChannel(remoteWindow=window, remoteMaxPacket=max_packet)
+            channel.peer = leg
+            return channel
+
+        return d.addCallback(connected)
+
+    # -- the operator's own session events (wraith-control:0) -------------------
+
+    def subscribe(self, observer: Callable[[dict], None]) -> Callable[[], None]:
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def publish(self, event: dict) -> None:
+        for observer in list(self._observers):
+            observer(event)
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes):
         # tcpip-forward (ssh -R) is not offered; keepalive@openssh.com and
