@@ -21,6 +21,13 @@ APT_PACKAGES=(
     tmux
     bash
     procps
+    # Outbound proxies for forwarding tests; Tor runs offline.
+    microsocks
+    tinyproxy
+    tor
+    # Plays recordings back; the reviewer console is tested in a real browser.
+    asciinema
+    chromium
 )
 # Only when the interpreter has no pip (Debian's own python3).
 PIP_APT_PACKAGES=(python3-pip python3-venv)

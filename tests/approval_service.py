@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 SUBPROTOCOL = "wraith.approval.v1"
 
@@ -56,6 +56,10 @@ class _ServiceProtocol(WebSocketServerProtocol):
                 service.decide(message["id"], *decision)
         elif kind == "cancel":
             service.cancels.append(message)
+        elif kind == "pong":
+            waiting, service._pongs = service._pongs, []
+            for d in waiting:
+                d.callback(None)
 
 
 class ApprovalService:
@@ -73,6 +77,9 @@ class ApprovalService:
         self.connections: list[_ServiceProtocol] = []
         self.refused = 0
         self._waiting: list[defer.Deferred] = []
+        self._pongs: list[defer.Deferred] = []
+        self.port_number: int | None = None
+        self._listening_for = None
         self.factory = WebSocketServerFactory()
         self.factory.protocol = _ServiceProtocol
         self.factory.service = self
@@ -80,8 +87,11 @@ class ApprovalService:
 
     def listen(self, reactor, testcase, port: int = 0) -> str:
         self.port = reactor.listenTCP(port, self.factory, interface="127.0.0.1")
-        testcase.addCleanup(self.stop)
-        return f"ws://127.0.0.1:{self.port.getHost().port}/"
+        self.port_number = self.port.getHost().port
+        if self._listening_for is not testcase:
+            self._listening_for = testcase
+            testcase.addCleanup(self.stop)
+        return f"ws://127.0.0.1:{self.port_number}/"
 
     def stop(self):
         for connection in list(self.connections):
@@ -108,3 +118,40 @@ class ApprovalService:
         ).encode()
         for connection in self.connections:
             connection.sendMessage(frame)
+
+    # -- more ways to misbehave, for end-to-end tests ------------------------------
+
+    @defer.inlineCallbacks
+    def restart(self, reactor, testcase, down_for: float = 0.0):
+        """
+        Drop every connection and stop listening, stay down for C{down_for}
+        seconds, then listen again on the same port (a service restart, as
+        the gateway sees it).  Fires with the URL once listening again.
+        """
+        if self.port_number is None:
+            raise RuntimeError("listen() first")
+        port_number = self.port_number
+        yield self.stop()
+        if down_for > 0:
+            yield task.deferLater(reactor, down_for, lambda: None)
+        return self.listen(reactor, testcase, port_number)
+
+    def send_raw(self, payload: bytes, binary: bool = False) -> None:
+        """Send one frame, exactly C{payload}, to every connected gateway."""
+        for connection in self.connections:
+            connection.sendMessage(payload, isBinary=binary)
+
+    def send_json(self, message) -> None:
+        """Send C{message} (any JSON value, valid for the protocol or not) as a text frame."""
+        self.send_raw(json.dumps(message).encode())
+
+    def round_trip(self) -> defer.Deferred[None]:
+        """
+        Send C{ping}; fires at the next C{pong}.  Frames on one connection are
+        handled in order, so by then the gateway has handled every frame
+        sent before the ping.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._pongs.append(d)
+        self.send_json({"type": "ping"})
+        return d

@@ -13,9 +13,18 @@ import subprocess
 from twisted.internet import reactor
 
 from tests.sshd import TargetSSHD
+from wraith_conch.approval.client import ApprovalClient
 from wraith_conch.config import build_config
 from wraith_conch.gateway.assembly import build_gateway_factory
 from wraith_conch.testing import ScriptedApprover
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def keygen(path: str, kind: str = "ed25519") -> str:
@@ -53,11 +62,15 @@ class Gateway:
             "approval": "ws://127.0.0.1:9/unused-by-in-process-tests",
             "approval-timeout": "30",
         }
+        # Listen on a port chosen up front so the config (and the forward
+        # policy protecting the gateway's own ports) knows it.
+        port_number = free_port()
+        options["listen"] = [f"tcp:{port_number}:interface=127.0.0.1"]
         options.update(overrides)
         self.config = build_config(options, reactor)
         self.approver = approver if approver is not None else ScriptedApprover()
         factory = build_gateway_factory(reactor, self.config, self.approver)
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = reactor.listenTCP(port_number, factory, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.port_number = self.port.getHost().port
         self.known_hosts = os.path.join(base, "gateway_known_hosts")
@@ -96,3 +109,20 @@ def home_of(sshd: TargetSSHD) -> str:
     import pwd
 
     return pwd.getpwnam(sshd.user).pw_dir
+
+
+def approval_client_gateway(
+    testcase, sshd: TargetSSHD, url: str, *, token: str | None = None, **overrides
+) -> tuple[Gateway, ApprovalClient]:
+    """
+    A L{Gateway} whose approver is the real L{ApprovalClient} talking to the
+    approval service at C{url}, as C{twistd wraith} builds it: its timeout
+    is the gateway's C{approval-timeout}.  The client is started now and
+    stopped by the test's cleanups (after the gateway stops listening).
+    """
+    timeout = float(overrides.get("approval-timeout", "30"))
+    client = ApprovalClient(reactor, url, token=token, gateway_name="gw-test", timeout=timeout)
+    client.startService()
+    testcase.addCleanup(client.stopService)
+    gateway = Gateway(testcase, sshd, client, approval=url, **overrides)
+    return gateway, client

@@ -317,8 +317,12 @@ class TargetSSHD:
         address: str = "127.0.0.1",
         password_auth: bool = False,
         log_level: str = "DEBUG1",
+        extra_host_key: bool = False,
     ) -> None:
         """
+        C{extra_host_key}: also serve an ECDSA host key that known_hosts
+        does not pin (a client must ask for the pinned type).
+
         C{log_level} is sshd's C{LogLevel}: at C{DEBUG3} the log also shows
         each C{exec} command line (C{mm_audit_run_command entering command ...}),
         which C{DEBUG1} does not.
@@ -329,6 +333,7 @@ class TargetSSHD:
         self.address = address
         self.password_auth = password_auth
         self.log_level = log_level
+        self.extra_host_key = extra_host_key
         self.port = 0
         self.password: str | None = None
         self.user = LOGIN_USER if running_as_root() else pwd.getpwuid(os.getuid()).pw_name
@@ -398,11 +403,22 @@ class TargetSSHD:
         with open(self.known_hosts_path, "w", encoding="ascii") as f:
             f.write(f"{host} {key}\n")
 
+    def _ecdsa_host_key(self) -> str:
+        path = os.path.join(self.basedir, "ssh_host_ecdsa_key")
+        if not os.path.exists(path):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", path],
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+        return path
+
     def _write_config(self) -> None:
         lines = [
             f"ListenAddress {self.address}",
             f"Port {self.port}",
             f"HostKey {self.host_key_path}",
+            *([f"HostKey {self._ecdsa_host_key()}"] if self.extra_host_key else []),
             f"PidFile {self.pid_path}",
             f"AuthorizedKeysFile {self.authorized_keys_path}",
             f"AllowUsers {self.user}",

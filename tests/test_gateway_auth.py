@@ -175,6 +175,18 @@ class TargetProblemTests(unittest.TestCase):
         self.assertIn(b"CHANGED", err)
 
     @defer.inlineCallbacks
+    def test_only_the_pinned_key_type_is_needed(self):
+        """The target also serves ECDSA; known_hosts pins only its ed25519 key."""
+        sshd = start_sshd(self, extra_host_key=True)
+        with open(sshd.known_hosts_path) as f:
+            pinned = f.read()
+        self.assertIn("ssh-ed25519", pinned)
+        self.assertNotIn("ecdsa", pinned)
+        gateway = Gateway(self, sshd, ScriptedApprover(approve_all_except()))
+        code, out, err = yield spawn_ssh(reactor, gateway.ssh_argv("id -un"))
+        self.assertEqual((code, out.strip()), (0, sshd.user.encode()), err)
+
+    @defer.inlineCallbacks
     def test_target_down(self):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

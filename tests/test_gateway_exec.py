@@ -70,6 +70,18 @@ class ExecTests(unittest.TestCase):
         self.assertEqual(out.split()[0].decode(), hashlib.sha256(data).hexdigest())
 
     @defer.inlineCallbacks
+    def test_rekeying_client(self):
+        """OpenSSH re-keys after RekeyLimit bytes; the relay must carry on through it."""
+        data = os.urandom(8_000_000)
+        argv = self.gateway.ssh_argv(
+            "sha256sum; head -c 8000000 /dev/zero | wc -c", extra=["-o", "RekeyLimit=1M"]
+        )
+        code, out, err = yield spawn_ssh(reactor, argv, stdin=data, timeout=60)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.split()[0].decode(), hashlib.sha256(data).hexdigest())
+        self.assertEqual(out.split()[-1], b"8000000")
+
+    @defer.inlineCallbacks
     def test_denied_exec_never_reaches_target(self):
         marker = os.path.join(home_of(self.sshd), f"denied-{os.getpid()}")
         code, out, err = yield spawn_ssh(reactor, self.gateway.ssh_argv(f"touch {marker} # DENYME"))

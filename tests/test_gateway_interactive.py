@@ -150,3 +150,21 @@ class InteractiveTests(unittest.TestCase):
         approver.decide(request.id, Decision.approve("late"))
         yield pause(0.3)
         self.assertFalse(os.path.exists(marker))
+
+    @defer.inlineCallbacks
+    def test_changed_prompt_and_alternate_screen_open_no_passthrough(self):
+        """
+        An approved command that changes PS1 and leaves the terminal in the
+        alternate screen must not let the next line through unreviewed.
+        """
+        marker = self.marker("after-ps1")
+        yield self.open_terminal()
+        self.term.send_line("PS1='other$ '; printf '\\033[?1049h'")
+        yield self.term.wait_for_deferred(reactor, "other$ ")
+        arrived = len(self.approver.requests)
+        self.term.send_line(f"touch {marker}")
+        for _ in range(50):
+            if len(self.approver.requests) > arrived:
+                break
+            yield pause(0.1)
+        self.assertEqual(self.approver.requests[-1].command, f"touch {marker}")

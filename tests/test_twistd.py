@@ -6,6 +6,7 @@ written from PROTOCOL.md.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,11 +14,11 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from tests.approval_service import ApprovalService
-from tests.gatewayharness import keygen
+from tests.gatewayharness import home_of, keygen
 from tests.operator import spawn_ssh
 from tests.sshd import start_sshd
 
@@ -67,8 +68,16 @@ class PluginInstallTests(unittest.TestCase):
                 REPO,
                 os.path.join(build, "src"),
                 ignore=shutil.ignore_patterns(
-                    ".git", "_trial_temp*", "*.egg-info", "build", "__pycache__"
+                    ".git",
+                    "_trial_temp*",
+                    "*.egg-info",
+                    "build",
+                    "__pycache__",
+                    "tests.*",
+                    ".hypothesis",
+                    ".benchmarks",
                 ),
+                symlinks=True,
             )
             subprocess.run(
                 [
@@ -174,9 +183,20 @@ class CommandLineErrorTests(unittest.TestCase):
         result = self.run_parse("--target=host:notaport")
         self.assertFlagError(result, "--target", "bad port")
 
-    def test_approval_required(self):
-        result = self.run_parse("--approval=")
-        self.assertFlagError(result, "--approval", "approve-everything")
+    def test_bad_approval_url(self):
+        result = self.run_parse("--approval=http://127.0.0.1/")
+        self.assertFlagError(result, "--approval", "embedded")
+
+    def test_port_in_use_stops_twistd(self):
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            result = self.run_parse(f"--listen=tcp:{port}:interface=127.0.0.1")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Address already in use", result.stdout + result.stderr)
 
 
 class TwistdGatewayTests(unittest.TestCase):
@@ -318,3 +338,115 @@ class TwistdGatewayTests(unittest.TestCase):
         self.assertEqual(accepted[0]["user"], self.sshd.user)
         self.assertEqual(accepted[0]["method"], "publickey")
         self.assertTrue(accepted[0]["key_fingerprint"].startswith("SHA256:"))
+
+
+class EmbeddedHubTests(unittest.TestCase):
+    """C{twistd -n wraith} without C{--approval}: the gateway and its hub."""
+
+    timeout = 90
+
+    def setUp(self):
+        self.sshd = start_sshd(self)
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.operator_key = os.path.join(self.base, "operator")
+        keys_path = os.path.join(self.base, "authorized_keys")
+        with open(keys_path, "w") as f:
+            f.write(keygen(self.operator_key) + "\n")
+        import socket
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        self.port, self.hub_port = ports
+        self.host_key = os.path.join(self.base, "gateway_host_key")
+        self.audit = os.path.join(self.base, "audit.jsonl")
+        self.recordings = os.path.join(self.base, "recordings")
+        os.makedirs(self.recordings)
+        argv = twistd_argv(
+            "-n", "--pidfile=", f"--logfile={os.path.join(self.base, 'twistd.log')}", "wraith",
+            f"--listen=tcp:{self.port}:interface=127.0.0.1",
+            f"--hub-listen=tcp:{self.hub_port}:interface=127.0.0.1",
+            f"--host-key={self.host_key}", f"--target=127.0.0.1:{self.sshd.port}",
+            f"--target-known-hosts={self.sshd.known_hosts_path}",
+            f"--target-identity={self.sshd.client_key_path}", f"--authorized-keys={keys_path}",
+            f"--audit-log={self.audit}", f"--record-dir={self.recordings}",
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        )
+        self.addCleanup(self.stop)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+    @defer.inlineCallbacks
+    def test_reviewer_approves_through_the_embedded_hub(self):
+        import re
+
+        login = yield threads.deferToThread(self.process.stdout.readline)
+        for _ in range(5):
+            if "/login?token=" in login:
+                break
+            login = yield threads.deferToThread(self.process.stdout.readline)
+        match = re.search(r"/login\?token=(\S+)", login)
+        self.assertIsNotNone(match, login)
+        token = match.group(1)
+        for _ in range(100):
+            if os.path.exists(self.host_key):
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        from twisted.conch.ssh import keys
+
+        known = os.path.join(self.base, "known_hosts")
+        with open(known, "w") as f:
+            public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
+            f.write(f"[127.0.0.1]:{self.port} {public}\n")
+        marker = os.path.join(home_of(self.sshd), f"hub-{os.getpid()}-{self.port}")
+        self.addCleanup(lambda: os.path.exists(marker) and os.unlink(marker))
+        argv = [
+            "ssh", "-F", "/dev/null", "-p", str(self.port), "-i", self.operator_key,
+            "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            f"{self.sshd.user}@127.0.0.1", f"touch {marker}",
+        ]  # fmt: skip
+        running = spawn_ssh(reactor, argv)
+        review = [sys.executable, "-m", "wraith_conch.review_cli",
+                  "--hub", f"http://127.0.0.1:{self.hub_port}", "--token", token]  # fmt: skip
+        env = {"PYTHONPATH": REPO}
+        request_id = None
+        for _ in range(50):
+            code, out, err = yield spawn_ssh(reactor, [*review, "list", "--json"], env=env)
+            pending = json.loads(out or b"[]") if code == 0 else []
+            if pending:
+                request_id = pending[0]["id"]
+                self.assertEqual(pending[0]["command"], f"touch {marker}")
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertIsNotNone(
+            request_id, f"the request never reached the hub: {code} {out!r} {err!r}"
+        )
+        self.assertFalse(os.path.exists(marker))
+        code, out, err = yield spawn_ssh(
+            reactor, [*review, "approve", request_id, "--reason", "ok"]
+        )
+        self.assertEqual(code, 0, err)
+        code, out, err = yield running
+        self.assertEqual(code, 0, err)
+        self.assertTrue(os.path.exists(marker))
+        # Audited, with the reviewer, in a 0600 file.
+        self.assertEqual(os.stat(self.audit).st_mode & 0o777, 0o600)
+        with open(self.audit) as f:
+            records = [json.loads(line) for line in f]
+        decisions = [r for r in records if r.get("event") == "decision"]
+        self.assertEqual(decisions[-1]["decision"], "approve")
+        self.assertEqual(decisions[-1]["id"], request_id)

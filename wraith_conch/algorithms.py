@@ -17,3 +17,13 @@ def prefer_fast_algorithms(transport) -> None:
     """Reorder an SSH transport's cipher and MAC lists, fastest first."""
     transport.supportedCiphers = _prefer(transport.supportedCiphers, _FAST_CIPHERS)
     transport.supportedMACs = _prefer(transport.supportedMACs, _FAST_MACS)
+
+
+def no_delay(transport) -> None:
+    """TCP_NODELAY where the transport has it (not on in-memory test transports)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass

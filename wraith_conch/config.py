@@ -9,6 +9,7 @@ on, and nothing half-configured ever listens.
 from __future__ import annotations
 
 import os
+import re
 
 import attrs
 from twisted.conch.ssh import keys
@@ -16,16 +17,21 @@ from twisted.internet.endpoints import serverFromString
 
 from wraith_conch.approval.client import parse_approval_url
 from wraith_conch.approval.interfaces import DEFAULT_TIMEOUT_SECONDS
+from wraith_conch.approval.policy import DEFAULT_POLICY, Policy, PolicyError, load_policy
+from wraith_conch.approval.reviewers import Reviewers, ReviewersFileError
+from wraith_conch.forwarding_policy import ForwardPolicy, ForwardPolicyError, load_forward_policy
 from wraith_conch.gateway.authorized_keys import (
     AuthorizedKeys,
     AuthorizedKeysError,
     load_authorized_keys,
 )
 from wraith_conch.hostkey import HostKeyError, load_or_create_host_key, load_private_key
+from wraith_conch.outbound import DIRECT, ProxySpec, parse_proxy_url
 from wraith_conch.upstream.client import TargetAddress
 from wraith_conch.upstream.known_hosts import KnownHosts, KnownHostsError, load_known_hosts
 
 DEFAULT_LISTEN = "tcp:2222:interface=127.0.0.1"
+DEFAULT_HUB_LISTEN = "tcp:8022:interface=127.0.0.1"
 AUTH_MODES = ("keys", "passthrough")
 LOG_FORMATS = ("text", "json")
 MISMATCH_POLICIES = ("review", "deny")
@@ -55,6 +61,18 @@ class Config:
     approval_timeout: float
     on_mismatch: str
     gateway_name: str
+    hub_listen: str = DEFAULT_HUB_LISTEN
+    reviewers: Reviewers | None = attrs.field(default=None, repr=False)
+    policy: Policy = attrs.field(default=DEFAULT_POLICY, repr=False)
+    audit_log: str | None = None
+    record_dir: str | None = None
+    proxy: ProxySpec = DIRECT
+    forward_policy: ForwardPolicy = attrs.field(factory=ForwardPolicy, repr=False)
+    forwarding: bool = True
+
+    def listen_addresses(self) -> list[tuple[str | None, int]]:
+        """The TCP (address, port) pairs the gateway listens on, for the forward policy."""
+        return [pair for description in self.listen for pair in _tcp_listen_address(description)]
 
 
 def build_config(options: dict, reactor) -> Config:
@@ -108,17 +126,37 @@ def build_config(options: dict, reactor) -> Config:
         except AuthorizedKeysError as e:
             raise ConfigError("authorized-keys", str(e)) from None
 
-    approval = options.get("approval")
-    if not approval:
-        raise ConfigError(
-            "approval",
-            "required: the ws:// or wss:// URL of an approval service"
-            " (there is no approve-everything mode)",
-        )
+    approval = options.get("approval") or "embedded"
+    if approval != "embedded":
+        try:
+            parse_approval_url(approval)
+        except ValueError as e:
+            raise ConfigError(
+                "approval", f"{e} (give a ws:// or wss:// URL, or 'embedded')"
+            ) from None
+    hub_listen = options.get("hub-listen") or DEFAULT_HUB_LISTEN
     try:
-        parse_approval_url(approval)
-    except ValueError as e:
-        raise ConfigError("approval", str(e)) from None
+        serverFromString(reactor, hub_listen)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError("hub-listen", f"bad endpoint {hub_listen!r}: {e}") from None
+    reviewers = None
+    if options.get("reviewers"):
+        try:
+            reviewers = Reviewers.load(_expand(options["reviewers"]))
+        except (ReviewersFileError, OSError) as e:
+            raise ConfigError("reviewers", str(e)) from None
+    try:
+        policy = (
+            load_policy(_expand(options["policy"])) if options.get("policy") else DEFAULT_POLICY
+        )
+    except PolicyError as e:
+        raise ConfigError("policy", str(e)) from None
+    audit_log = _expand(options.get("audit-log")) or None
+    if audit_log and not os.access(os.path.dirname(os.path.abspath(audit_log)), os.W_OK):
+        raise ConfigError("audit-log", f"cannot write in the directory of {audit_log}")
+    record_dir = _expand(options.get("record-dir")) or None
+    if record_dir and not (os.path.isdir(record_dir) and os.access(record_dir, os.W_OK)):
+        raise ConfigError("record-dir", f"{record_dir} is not a writable directory")
 
     token = options.get("approval-token")
     token_file = options.get("approval-token-file")
@@ -132,8 +170,8 @@ def build_config(options: dict, reactor) -> Config:
             raise ConfigError("approval-token-file", f"cannot read {token_file}: {e}") from None
         if not token:
             raise ConfigError("approval-token-file", f"{token_file} is empty")
-    if token is not None and any(c.isspace() or ord(c) < 32 for c in token):
-        raise ConfigError("approval-token", "the token must not contain spaces or controls")
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ConfigError("approval-token", "the token must be printable ASCII without spaces")
 
     timeout_text = options.get("approval-timeout")
     try:
@@ -143,7 +181,28 @@ def build_config(options: dict, reactor) -> Config:
     if not 0 < timeout <= 86400:
         raise ConfigError("approval-timeout", "must be between 0 and 86400 seconds")
 
+    try:
+        proxy = parse_proxy_url(options.get("proxy"))
+    except ValueError as e:
+        raise ConfigError("proxy", str(e)) from None
+    policy_path = options.get("forward-policy")
+    try:
+        forward_policy = (
+            load_forward_policy(_expand(policy_path)) if policy_path else ForwardPolicy()
+        )
+    except ForwardPolicyError as e:
+        raise ConfigError("forward-policy", str(e)) from None
+    forwarding = _choice(options, "forwarding", ("on", "off"), "on") == "on"
+
     return Config(
+        hub_listen=hub_listen,
+        reviewers=reviewers,
+        policy=policy,
+        audit_log=audit_log,
+        record_dir=record_dir,
+        proxy=proxy,
+        forward_policy=forward_policy,
+        forwarding=forwarding,
         listen=listen,
         host_key=host_key,
         target=target,
@@ -165,6 +224,21 @@ def _choice(options: dict, flag: str, allowed: tuple[str, ...], default: str) ->
     if value not in allowed:
         raise ConfigError(flag, f"must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def _tcp_listen_address(description: str) -> list[tuple[str | None, int]]:
+    """C{tcp:2222:interface=127.0.0.1} to C{[("127.0.0.1", 2222)]}; non-TCP: []."""
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+    kind = parts[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
+        return []
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port_text = named.get("port", positional[0] if positional else "")
+    if not port_text.isdigit():
+        return []
+    interface = named.get("interface", positional[1] if len(positional) > 1 else "") or None
+    return [(interface, int(port_text))]
 
 
 def _expand(path: str | None) -> str:

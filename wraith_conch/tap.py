@@ -6,6 +6,8 @@ The flag names are fixed (outside tests use them); see docs/configuration.md.
 
 from __future__ import annotations
 
+import secrets
+
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
@@ -13,9 +15,12 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from wraith_conch.approval.client import ApprovalClient
+from wraith_conch.approval.hub import make_hub_service
+from wraith_conch.audit.trail import AuditingApprover, AuditTrail
 from wraith_conch.config import DEFAULT_LISTEN, Config, ConfigError, build_config
 from wraith_conch.gateway.assembly import build_gateway_factory
 from wraith_conch.logs import json_observer_for_twistd
+from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
 
 class Options(usage.Options):
@@ -53,7 +58,37 @@ class Options(usage.Options):
             "keys (public keys only) or passthrough (target checks the password).",
         ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
-        ["approval", None, None, "ws:// or wss:// URL of the approval service."],
+        [
+            "approval",
+            None,
+            "embedded",
+            "ws:// or wss:// URL of an approval service, or embedded (the built-in hub).",
+        ],
+        [
+            "hub-listen",
+            None,
+            "tcp:8022:interface=127.0.0.1",
+            "Endpoint of the embedded hub's console and WebSockets.",
+        ],
+        [
+            "reviewers",
+            None,
+            None,
+            "Reviewer accounts (TOML); default: one admin with a login URL printed once.",
+        ],
+        [
+            "policy",
+            None,
+            None,
+            "Policy rules (TOML) deciding approve, deny or review; default: built-in.",
+        ],
+        [
+            "audit-log",
+            None,
+            None,
+            "Append every request and decision as JSON lines (fsynced, 0600).",
+        ],
+        ["record-dir", None, None, "Directory for asciicast v2 recordings of PTY sessions (0600)."],
         ["approval-token", None, None, "Bearer token sent to the approval service."],
         [
             "approval-token-file",
@@ -69,6 +104,14 @@ class Options(usage.Options):
             "review or deny shell lines whose screen and keystrokes differ.",
         ],
         ["gateway-name", None, None, "Name sent to the approval service (default: host name)."],
+        [
+            "proxy",
+            None,
+            None,
+            "Outbound proxy for forwards: socks5://H:P, http://H:P, tor://H:P or tor.",
+        ],
+        ["forward-policy", None, None, "TOML rules allowing/denying forward destinations."],
+        ["forwarding", None, "on", "on or off: allow direct-tcpip forwarding (ssh -L, ssh -D)."],
     ]
 
     def __init__(self) -> None:
@@ -100,20 +143,45 @@ class Options(usage.Options):
 Options.opt_listen.__doc__ = f"Endpoint to listen on (repeatable; default {DEFAULT_LISTEN})."
 
 
+class _Closing(service.Service):
+    """Closes the audit trail when the gateway stops."""
+
+    def __init__(self, trail) -> None:
+        self._trail = trail
+
+    def stopService(self):
+        super().stopService()
+        self._trail.close()
+
+
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     config = options.config
     top = service.MultiService()
-    approver = ApprovalClient(
+    log = Logger()
+    trail = AuditTrail(config.audit_log, reactor) if config.audit_log else None
+    if trail is not None:
+        # First in, last out: services stop in reverse order, and the
+        # denials of pending requests at shutdown must still be recorded.
+        _Closing(trail).setServiceParent(top)
+    if config.approval == "embedded":
+        # The hub in this process; the gateway still speaks PROTOCOL.md to it
+        # over loopback, exactly as to an outside service.
+        token = secrets.token_urlsafe(32)
+        hub, _state, url = make_hub_service(reactor, config.hub_listen, config.reviewers, token)
+        hub.setServiceParent(top)
+    else:
+        url, token = config.approval, config.approval_token
+    client = ApprovalClient(
         reactor,
-        config.approval,
-        token=config.approval_token,
+        url,
+        token=token,
         gateway_name=config.gateway_name,
         timeout=config.approval_timeout,
     )
-    approver.setServiceParent(top)
-    log = Logger()
+    client.setServiceParent(top)
+    approver = AuditingApprover(client, trail, config.policy)
     for skipped in config.authorized_keys.skipped if config.authorized_keys else ():
         log.warn(
             "--authorized-keys line {lineno} ignored: {reason}",
@@ -122,12 +190,15 @@ def makeService(options: Options) -> service.IService:
         )
     factory = build_gateway_factory(reactor, config, approver)
     for description in config.listen:
-        StreamServerEndpointService(
-            serverFromString(reactor, description), factory
-        ).setServiceParent(top)
+        listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
+        # A port that cannot be bound stops twistd with the error, instead of
+        # leaving a gateway that listens nowhere.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
     log.info(
-        "wraith gateway for {target} on {listen}",
+        "wraith gateway for {target} on {listen}, host key {host_key_fingerprint}",
         target=str(config.target),
         listen=", ".join(config.listen),
+        host_key_fingerprint=sha256_fingerprint(config.host_key),
     )
     return top

@@ -59,6 +59,8 @@ class CommandRequest:
     created: float
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     risk: Risk | None = None
+    #: The last screenful of the session (shell lines), as context for reviewers.
+    screen: tuple[str, ...] | None = None
 
     @classmethod
     def new(
@@ -115,6 +117,9 @@ class CommandRequest:
         }
         if self.risk is not None:
             message["risk"] = {"score": self.risk.score, "reasons": list(self.risk.reasons)}
+        if self.screen is not None:
+            # An extra field (PROTOCOL.md lets services ignore it).
+            message["screen"] = list(self.screen)
         return message
 
 

@@ -24,9 +24,10 @@ from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from wraith_conch.outbound import open_failure_reason
 from wraith_conch.relay import RelayChannel
 
 # Bytes a far end may send before the channel is confirmed (an HTTP CONNECT
@@ -125,14 +126,21 @@ class TCPLeg(Protocol):
         self.transport.write(data)
 
     def relay_eof(self) -> None:
+        # No more data for the transport: stop producing for it first.  A
+        # transport whose buffer drains while its streaming producer is
+        # paused resumes the producer *instead of* the pending half-close,
+        # and the far end would wait for an EOF that never comes.
+        self.transport.unregisterProducer()
         if hasattr(self.transport, "loseWriteConnection"):
             self.transport.loseWriteConnection()
         else:
             self.transport.loseConnection()
 
     def close_after_data(self) -> None:
-        # Twisted sends what is buffered before it closes.
+        # Twisted sends what is buffered before it closes (once no producer
+        # is registered, for the same reason as above).
         if self.transport is not None:
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # -- IPushProducer, for the TCP transport's write buffer
@@ -241,3 +249,53 @@ class ForwardingConnectionMixin:
                 connection.MSG_CHANNEL_OPEN_FAILURE,
                 struct.pack(">2L", sender, code) + common.NS(text.encode("utf-8")) + common.NS(b""),
             )
+
+
+class Forwarder:
+    """
+    Opens the outbound connection of a forward, after the destination policy.
+
+    Direct mode resolves the name once and connects to that address, which
+    the policy checks, so a DNS answer cannot change between check and
+    connect.  Proxy modes check the requested name (the proxy resolves it).
+    """
+
+    def __init__(self, connector, policy, *, proxied: bool) -> None:
+        self._connector = connector
+        self._policy = policy
+        self._proxied = proxied
+
+    def open(self, host: str, port: int, key_options) -> defer.Deferred[TCPLeg]:
+        verdict = self._policy.check_request(
+            host, port, key_options=key_options, proxied=self._proxied
+        )
+        if not verdict.allowed:
+            return defer.fail(_prohibited(verdict.reason))
+        factory = Factory.forProtocol(TCPLeg)
+        if self._proxied:
+            d = self._connector.connect(host, port, factory)
+        else:
+            d = self._connector.resolve(host, port)
+
+            def checked(addresses: list[str]):
+                if not addresses:
+                    raise ChannelOpenRefused(connection.OPEN_CONNECT_FAILED, "name not found")
+                address = addresses[0]
+                final = self._policy.check_address(host, address, port, key_options=key_options)
+                if not final.allowed:
+                    raise _prohibited(final.reason)
+                return self._connector.connect(host, port, factory, address=address)
+
+            d.addCallback(checked)
+
+        def failed(failure):
+            if failure.check(ChannelOpenRefused):
+                return failure
+            code, description = open_failure_reason(failure)
+            raise ChannelOpenRefused(code, description)
+
+        return d.addErrback(failed)
+
+
+def _prohibited(reason: str) -> ChannelOpenRefused:
+    return ChannelOpenRefused(connection.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)

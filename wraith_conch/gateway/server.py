@@ -13,7 +13,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from wraith_conch.algorithms import prefer_fast_algorithms
+from wraith_conch.algorithms import no_delay, prefer_fast_algorithms
 from wraith_conch.gateway.auth import ClientAddressPortal
 from wraith_conch.gateway.forwarding import ForwardingConnectionMixin
 from wraith_conch.relay import RelayConnection
@@ -107,6 +107,9 @@ class GatewayTransport(transport.SSHServerTransport):
             transport="tcp",
         )
         prefer_fast_algorithms(self)
+        # Keystrokes and held Enters are tiny writes: without this, Nagle and
+        # delayed ACKs add ~40 ms to every approved command.
+        no_delay(self.transport)
         super().connectionMade()
 
     def connectionLost(self, reason=None) -> None:

@@ -43,6 +43,7 @@ from wraith_conch.approval.interfaces import (
     IApprover,
     denial_from_failure,
 )
+from wraith_conch.audit.recorder import SessionRecorder
 from wraith_conch.gateway.auth import OperatorIdentity
 from wraith_conch.gateway.forwarding import (
     CONTROL_HOST,
@@ -52,7 +53,7 @@ from wraith_conch.gateway.forwarding import (
     TCPLeg,
     unpack_direct_tcpip,
 )
-from wraith_conch.interception.gate import ShellGate
+from wraith_conch.interception.gate import PipeGate, ShellGate, printable_line
 from wraith_conch.interception.screen import Screen
 from wraith_conch.relay import RelayChannel
 from wraith_conch.upstream.client import TargetAddress, UpstreamConnection, UpstreamLogin
@@ -87,6 +88,8 @@ class SessionSettings:
     on_mismatch: str = "review"
     # Opens forwarded connections; None when forwarding is off.
     forwarder: object | None = None
+    # asciicast recordings of PTY channels go here when set.
+    record_dir: str | None = None
 
 
 @implementer(IApprover)
@@ -182,7 +185,9 @@ class SessionChannel(RelayChannel):
         self._requests: defer.Deferred = defer.succeed(None)
         self.input: Callable[[bytes], None] = self._forward_input
         self.terminal_size: tuple[int, int] | None = None  # (columns, rows) with a PTY
-        self.gate: ShellGate | None = None
+        self.terminal_type = "xterm"
+        self.recorder: SessionRecorder | None = None
+        self.gate: ShellGate | PipeGate | None = None
         self._eof_early = False
         # Input waits until the command started (and, for a shell, the gate is in place).
         self._input_ready = False
@@ -224,10 +229,11 @@ class SessionChannel(RelayChannel):
         if self.kind is not None or not self.avatar.identity.options.allow_pty:
             return False
         try:
-            _term, (rows, columns, _xp, _yp), _modes = session.parseRequest_pty_req(data)
+            term, (rows, columns, _xp, _yp), _modes = session.parseRequest_pty_req(data)
         except Exception:
             return False
         self.terminal_size = (columns, rows)
+        self.terminal_type = term.decode("ascii", "replace")[:64]
         self._remembered.append((b"pty-req", data))
         return True
 
@@ -252,6 +258,8 @@ class SessionChannel(RelayChannel):
             self.terminal_size = (columns, rows)
         if self.gate is not None:
             self.gate.resize(*_sane_size(columns, rows))
+        if self.recorder is not None:
+            self.recorder.resize(*_sane_size(columns, rows))
 
     def _relay_or_remember(self, request_type: bytes, data: bytes, want_reply: bool):
         upstream = self.peer
@@ -295,7 +303,7 @@ class SessionChannel(RelayChannel):
         return d.addCallback(decided)
 
     def _deny_start(self, reason: str) -> bool:
-        message = f"wraith: denied: {reason}"
+        message = f"wraith: denied: {printable_line(reason)}"
         if self.kind == "subsystem":
             # OpenSSH exits at once on a failed subsystem request, dropping
             # stderr it has not written yet: let the message go out first.
@@ -349,6 +357,8 @@ class SessionChannel(RelayChannel):
         return d.addCallbacks(opened, failed)
 
     def _started(self) -> bool:
+        if self.terminal_size is not None and self.avatar.settings.record_dir:
+            self._start_recording()
         if self.kind == "shell":
             self._install_gate()
         early, self._early_input = self._early_input, []
@@ -361,6 +371,26 @@ class SessionChannel(RelayChannel):
         self.resume_receiving()
         return True
 
+    def _start_recording(self) -> None:
+        identity = self.avatar.identity
+        try:
+            self.recorder = SessionRecorder.open(
+                self.avatar.settings.record_dir,
+                f"{self.avatar.session_id}.{self.id}",
+                *_sane_size(*self.terminal_size),
+                self.avatar.settings.reactor,
+                {
+                    "term": self.terminal_type,
+                    "title": f"{identity.user}@{self.avatar.settings.target}",
+                    "user": identity.user,
+                    "client": identity.client,
+                    "target": str(self.avatar.settings.target),
+                },
+            )
+        except (OSError, ValueError) as e:
+            # The audit trail still has every command; the session goes on.
+            self._log.error("recording could not start: {error}", error=str(e))
+
     def _install_gate(self) -> None:
         """Every line typed in a shell goes through the gate."""
         settings = self.avatar.settings
@@ -368,27 +398,42 @@ class SessionChannel(RelayChannel):
 
         def make_request(command: str, typed: str, mismatch: bool) -> CommandRequest:
             request = self.avatar.make_request(self, "shell", command, typed)
-            return attrs.evolve(request, mismatch=mismatch)
+            context = tuple(screen.last_screenful()) if screen is not None else None
+            return attrs.evolve(request, mismatch=mismatch, screen=context)
 
-        self.gate = ShellGate(
-            clock=settings.reactor,
-            approver=self.avatar.approver,
-            to_target=self._forward_input,
-            # Messages go to the terminal, or to stderr when stdout may be data.
-            to_operator=self.write if screen is not None else self._write_stderr,
-            make_request=make_request,
-            to_target_eof=self._relay_eof_to_target,
-            screen=screen,
-            on_mismatch=settings.on_mismatch,
-            on_decision=self.avatar.log_decision,
-        )
+        if screen is None:
+            self.gate = PipeGate(
+                approver=self.avatar.approver,
+                to_target=self._forward_input,
+                # Messages go to stderr: stdout may be data.
+                to_operator=self._write_stderr,
+                to_target_eof=self._relay_eof_to_target,
+                make_request=make_request,
+                on_decision=self.avatar.log_decision,
+            )
+        else:
+            self.gate = ShellGate(
+                clock=settings.reactor,
+                approver=self.avatar.approver,
+                to_target=self._forward_input,
+                to_operator=self.write,
+                make_request=make_request,
+                to_target_eof=self._relay_eof_to_target,
+                screen=screen,
+                on_mismatch=settings.on_mismatch,
+                on_decision=self.avatar.log_decision,
+            )
         self.input = self.gate.operator_input
 
     def relay_data(self, data: bytes) -> None:
-        # Target output: the gate's screen model sees what the operator sees.
+        if self.recorder is not None:
+            self.recorder.output(data)
+        # Target output: the gate's screen model sees what the operator sees,
+        # after the operator, so that what the gate prints in answer (the
+        # waiting notice once the echo of a held line arrives) follows it.
+        super().relay_data(data)
         if self.gate is not None:
             self.gate.target_output(data)
-        super().relay_data(data)
 
     def _target_refused(self) -> bool:
         self._explain(f"wraith: the target refused the {self.kind} request")
@@ -406,6 +451,8 @@ class SessionChannel(RelayChannel):
         self.input(data)
 
     def _forward_input(self, data: bytes) -> None:
+        if self.recorder is not None:
+            self.recorder.input(data)
         if self.peer is not None:
             self.peer.relay_data(data)
 
@@ -429,6 +476,8 @@ class SessionChannel(RelayChannel):
     def closed(self) -> None:
         if self.gate is not None:
             self.gate.close()
+        if self.recorder is not None:
+            self.recorder.close()
         pending, self._pending_request = self._pending_request, None
         if pending is not None:
             self.avatar.approver.cancel(pending.id, "session closed")

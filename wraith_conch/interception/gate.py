@@ -26,13 +26,15 @@ follows it ends the passthrough.  Approving a program that runs commands
 itself (C{vim}, C{tmux}, a REPL) approves what is typed inside it; see
 docs/approval.md.
 
-Without a PTY there is no screen: each line is held as typed, and
-C{command} is the typed line.
+Without a PTY there is no terminal and no line editing: L{PipeGate} holds
+each newline-terminated line of raw input, and C{command} is exactly the
+bytes that would be sent.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 
 from twisted.internet import defer
@@ -49,6 +51,7 @@ from wraith_conch.interception.linebuffer import Forward, Interrupt, LineBuffer,
 from wraith_conch.interception.screen import Screen
 
 CTRL_C = b"\x03"
+_DIGITS = re.compile(r"[0-9]")
 BELL = b"\x07"
 # Without a PTY, input that arrives while a line waits is kept up to this.
 MAX_QUEUED_WITHOUT_PTY = 1024 * 1024
@@ -74,7 +77,7 @@ class ShellGate:
     @param to_operator: show bytes on the operator's terminal (not the target's).
     @param make_request: build a L{CommandRequest} of kind C{shell} from
         C{(command, typed)}, with C{mismatch} set by the caller's rule.
-    @param screen: the target's terminal, or L{None} for a session without a PTY.
+    @param screen: the target's terminal (sessions without a PTY use L{PipeGate}).
     @param on_mismatch: C{"review"} or C{"deny"}.
     @param on_decision: told of every decision, for logs and the audit trail.
     """
@@ -90,7 +93,7 @@ class ShellGate:
         to_operator: Callable[[bytes], None],
         make_request: Callable[[str, str, bool], CommandRequest],
         to_target_eof: Callable[[], None],
-        screen: Screen | None,
+        screen: Screen,
         on_mismatch: str = "review",
         on_decision: Callable[[CommandRequest, Decision], None] | None = None,
     ) -> None:
@@ -114,8 +117,6 @@ class ShellGate:
         self._closed = False
         self._waiting_shown = False
         self._waiting_scrolled = False
-        self._unsent = b""
-        self._queued = b""
         self._eof = False
         self._settling: Submit | None = None
         self._settle_timer: IDelayedCall | None = None
@@ -129,8 +130,6 @@ class ShellGate:
 
     def target_output(self, data: bytes) -> None:
         """Feed the screen model; may end a passthrough."""
-        if self.screen is None:
-            return
         self.screen.feed(data)
         self._echo_seen = True
         if self._state is _State.SETTLING:
@@ -142,26 +141,39 @@ class ShellGate:
                 self._keys.reset()
                 self._new_line()
         elif self._approved_running and self._state is _State.EDITING:
-            if self.screen.in_alternate_screen and not self._line_started:
-                self._state = _State.PASSTHROUGH
-            elif self._prompt_showing():
+            # The prompt first: output that switches screens may bring the
+            # prompt after it in the same chunk, and then nothing is running.
+            if self._prompt_showing():
                 self._approved_running = False
+            elif self.screen.in_alternate_screen and not self._line_started:
+                self._state = _State.PASSTHROUGH
 
     def resize(self, columns: int, lines: int) -> None:
-        if self.screen is not None:
-            self.screen.resize(columns, lines)
+        self.screen.resize(columns, lines)
 
     def _prompt_showing(self) -> bool:
-        """Is the cursor right after the prompt we saw when this line began?"""
-        if self._prompt is None or not self._prompt.strip():
+        """
+        Is the shell reading a new line?  True when the cursor sits right
+        after the prompt seen when this line began (digits ignored, so a
+        clock in the prompt does not matter), or -- for a prompt that changed
+        (C{PS1=...}, a directory in it) -- when readline has bracketed paste
+        on, as bash does only while it reads a line, and the cursor is at the
+        end of a row that ends in the same character as that prompt.  Ending
+        a passthrough too early only means more review, never less.
+        """
+        prompt = (self._prompt or "").rstrip()
+        if not prompt:
             return False
         row, column = self.screen.cursor
         rows = self.screen.last_screenful()
         if not 0 <= row < len(rows):
             return False
-        return rows[row][:column].rstrip() == self._prompt.rstrip() and column >= len(
-            self._prompt.rstrip()
-        )
+        before, after = rows[row][:column].rstrip(), rows[row][column:].strip()
+        if after:
+            return False
+        if _DIGITS.sub("0", before) == _DIGITS.sub("0", prompt):
+            return True
+        return self.screen.bracketed_paste_enabled and before.endswith(prompt[-1])
 
     # -- what the operator types ------------------------------------------------------
 
@@ -178,29 +190,19 @@ class ShellGate:
         self._handle(self._keys.feed(data))
 
     def _handle(self, events) -> None:
-        for index, event in enumerate(events):
+        for event in events:
             if self._state is not _State.EDITING:
+                # Keys after a held Enter: type-ahead, discarded.
                 self._keys.reset()
-                if self.screen is None:
-                    # Piped input is a script, not type-ahead: keep it.
-                    self._input_while_pending(b"".join(_raw(e) for e in events[index:]))
-                else:
-                    # Keys after a held Enter: type-ahead, discarded.
-                    self._discard_notice()
+                self._discard_notice()
                 return
             if isinstance(event, Forward):
                 if not self._line_started and event.data:
                     self._begin_line()
-                if self.screen is None:
-                    # No terminal: bytes in a pipe cannot be taken back, so
-                    # the line goes to the target only once approved.
-                    self._unsent += event.data
-                else:
-                    self._echo_seen = False
-                    self._to_target(event.data)
+                self._echo_seen = False
+                self._to_target(event.data)
             elif isinstance(event, Refused):
-                if self.screen is not None:
-                    self._to_operator(BELL)
+                self._to_operator(BELL)
             elif isinstance(event, Interrupt):
                 self._new_line()
                 self._raw_input_since_line = False
@@ -210,18 +212,15 @@ class ShellGate:
 
     def _begin_line(self) -> None:
         self._line_started = True
-        if self.screen is not None:
-            row, column = self.screen.cursor
-            rows = self.screen.last_screenful()
-            self._prompt = rows[row][:column] if 0 <= row < len(rows) else None
-            self.screen.mark_input_start()
+        row, column = self.screen.cursor
+        rows = self.screen.last_screenful()
+        self._prompt = rows[row][:column] if 0 <= row < len(rows) else None
+        self.screen.mark_input_start()
 
     def _new_line(self) -> None:
         """The line ended; the line buffer has already started its next one."""
-        self._unsent = b""
         self._line_started = False
-        if self.screen is not None:
-            self.screen.clear_mark()
+        self.screen.clear_mark()
 
     def _submit(self, event: Submit) -> None:
         """Hold the key; decide once the screen shows what the target echoed."""
@@ -230,16 +229,9 @@ class ShellGate:
         if not self._line_started and not self._raw_input_since_line:
             # Nothing reached the target since the last line ended: the
             # shell's line is empty, so Enter (or Ctrl-D) passes unasked.
-            self._release(self._unsent + event.key)
+            self._release(event.key)
             return
-        if self.screen is None:
-            self._submit_now(event)
-            return
-        if (
-            not event.dirty
-            and self._echo_seen
-            and self.screen.input_line() == event.line
-        ):
+        if not event.dirty and self._echo_seen and self.screen.input_line() == event.line:
             self._submit_now(event)
             return
         self._state = _State.SETTLING
@@ -267,18 +259,20 @@ class ShellGate:
 
     def _submit_now(self, event: Submit) -> None:
         typed = event.line
-        if self.screen is not None and not self._line_started:
+        if not self._line_started:
             # Keys went to the target unmarked (a passthrough just ended):
             # show the reviewer the cursor's row, and never call it certain.
             command, certain = self._cursor_row_after_prompt(), False
-        elif self.screen is not None:
+        else:
             shown = self.screen.read_input_line()
             command, certain = shown.text, shown.certain
-        else:
-            command, certain = typed, True
         if not command.strip() and not typed.strip() and certain:
-            self._release(self._unsent + event.key)
+            self._release(event.key)
             return
+        if certain and not command.strip() and typed:
+            # Keys typed with echo off (a sudo or read -s prompt): never send
+            # what may be a password to reviewers; the screen shows the prompt.
+            typed = f"<{len(typed)} characters typed without echo>"
         mismatch = command != typed or not certain
         request = self._make_request(command, typed, mismatch)
         self._pending = request
@@ -300,39 +294,36 @@ class ShellGate:
             if self._pending is not None:
                 self._approver.cancel(self._pending.id, "the operator pressed Ctrl-C")
             return
-        if self.screen is None and len(self._queued) + len(data) <= MAX_QUEUED_WITHOUT_PTY:
-            # Piped input is a script, not type-ahead: keep it for after the decision.
-            self._queued += data
-            return
         self._keys.reset()
         self._discard_notice()
 
     def _discard_notice(self) -> None:
         if not self._told_discarded:
             self._told_discarded = True
-            self._to_operator(
-                self._line(b"wraith: input typed while waiting for approval is discarded")
-            )
+            notice = b"wraith: input typed while waiting for approval is discarded"
+            if self._waiting_shown:
+                # In place of the waiting line, which the decision clears: a
+                # line of its own would move the cursor _hide_waiting expects.
+                self._to_operator(b"\r\x1b[K" + notice)
+            else:
+                self._to_operator(self._line(notice))
 
     def _decided(self, decision: Decision, request: CommandRequest) -> None:
         if self._pending is not request or self._closed:
             return
         self._on_decision(request, decision)
         self._pending = None
-        if decision.approved and self.screen is not None:
+        if decision.approved:
             now = self.screen.read_input_line().text
             if now != request.command:
                 decision = Decision.deny("the line changed while it waited for approval")
                 self._on_decision(request, decision)
         self._hide_waiting()
         if decision.approved:
-            self._release(self._unsent + self._held_key)
+            self._release(self._held_key)
             self._approved_running = True
         else:
             self._deny(decision.reason or "no reason given")
-        queued, self._queued = self._queued, b""
-        if queued:
-            self.operator_input(queued)
         self._maybe_send_eof()
 
     def _cursor_row_after_prompt(self) -> str:
@@ -345,9 +336,6 @@ class ShellGate:
 
     def _show_waiting(self) -> None:
         """A status line under the command, removed again when it is decided."""
-        if self.screen is None:
-            self._to_operator(b"wraith: waiting for approval\r\n")
-            return
         row, _column = self.screen.cursor
         # Printing a line from the bottom row scrolls the terminal by one.
         self._waiting_scrolled = row >= self.screen.lines - 1
@@ -371,17 +359,16 @@ class ShellGate:
     def _deny(self, reason: str) -> None:
         self._state = _State.EDITING
         self._to_operator(
-            self._line(f"wraith: denied: {_one_line(reason)}".encode("utf-8", "replace"))
+            self._line(f"wraith: denied: {printable_line(reason)}".encode("utf-8", "replace"))
         )
-        if self.screen is not None:
-            self._to_target(CTRL_C)
+        self._to_target(CTRL_C)
         self._raw_input_since_line = False
         self._keys.reset()
         self._new_line()
 
     def _line(self, text: bytes) -> bytes:
         """A message on a line of its own (after the command when there is a terminal)."""
-        return (b"\r\n" + text + b"\r\n") if self.screen is not None else text + b"\n"
+        return b"\r\n" + text + b"\r\n"
 
     def operator_eof(self) -> None:
         """The operator will send nothing more; EOF follows whatever is still held."""
@@ -391,10 +378,6 @@ class ShellGate:
     def _maybe_send_eof(self) -> None:
         if not self._eof or self._state is not _State.EDITING or self._closed:
             return
-        if self._unsent:
-            # A last line without a newline would run at EOF unreviewed.
-            self._to_operator(b"wraith: the last line had no newline and was discarded\n")
-            self._new_line()
         self._eof = False
         self._to_target_eof()
 
@@ -410,10 +393,109 @@ class ShellGate:
             self._approver.cancel(pending.id, "session closed")
 
 
-def _raw(event) -> bytes:
-    """The bytes an event of the line buffer stands for."""
-    return event.data if isinstance(event, Forward) else event.key
-
-
-def _one_line(text: str) -> str:
+def printable_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in text)[:500]
+
+
+class PipeGate:
+    """
+    The gate for a shell without a PTY (C{echo cmd | ssh gateway}).
+
+    No terminal driver edits the input there: bash reads raw bytes and runs
+    each line at its newline.  So the line sent for review is exactly the
+    bytes that will be sent (decoded for display, control bytes and all),
+    split at newlines only; nothing of a line reaches the target before it
+    is approved, because bytes in a pipe cannot be taken back.  Input that
+    arrives while a line waits is kept (it is a script, not type-ahead), up
+    to L{MAX_QUEUED_WITHOUT_PTY}; an unterminated last line is never sent.
+    """
+
+    screen = None
+
+    def __init__(
+        self,
+        *,
+        approver: IApprover,
+        to_target: Callable[[bytes], None],
+        to_operator: Callable[[bytes], None],
+        to_target_eof: Callable[[], None],
+        make_request: Callable[[str, str, bool], CommandRequest],
+        on_decision: Callable[[CommandRequest, Decision], None] | None = None,
+    ) -> None:
+        self._approver = approver
+        self._to_target = to_target
+        self._to_operator = to_operator
+        self._to_target_eof = to_target_eof
+        self._make_request = make_request
+        self._on_decision = on_decision or (lambda request, decision: None)
+        self._buffer = b""
+        self._pending: CommandRequest | None = None
+        self._held_line = b""
+        self._eof = False
+        self._closed = False
+
+    def operator_input(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if len(self._buffer) + len(data) > MAX_QUEUED_WITHOUT_PTY:
+            self._to_operator(b"wraith: input beyond 1 MiB waiting for approval is discarded\n")
+            return
+        self._buffer += data
+        self._next_line()
+
+    def _next_line(self) -> None:
+        while self._pending is None and not self._closed and b"\n" in self._buffer:
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            line += b"\n"
+            command = line[:-1].decode("utf-8", "backslashreplace")
+            if not command.strip(" \t\r"):
+                self._to_target(line)
+                continue
+            request = self._make_request(command, command, False)
+            self._pending, self._held_line = request, line
+            self._to_operator(b"wraith: waiting for approval\n")
+            d = self._approver.request_decision(request)
+            d.addErrback(denial_from_failure)
+            d.addCallback(self._decided, request)
+        if self._pending is None:
+            self._maybe_send_eof()
+
+    def _decided(self, decision: Decision, request: CommandRequest) -> None:
+        if self._pending is not request or self._closed:
+            return
+        self._pending = None
+        self._on_decision(request, decision)
+        line, self._held_line = self._held_line, b""
+        if decision.approved:
+            self._to_target(line)
+        else:
+            reason = printable_line(decision.reason or "no reason given")
+            self._to_operator(f"wraith: denied: {reason}\n".encode("utf-8", "replace"))
+        self._next_line()
+
+    def operator_eof(self) -> None:
+        self._eof = True
+        if self._pending is None:
+            self._maybe_send_eof()
+
+    def _maybe_send_eof(self) -> None:
+        if not self._eof or self._closed:
+            return
+        if self._buffer:
+            # bash would run an unterminated last line at EOF, unreviewed.
+            self._to_operator(b"wraith: the last line had no newline and was discarded\n")
+            self._buffer = b""
+        self._eof = False
+        self._to_target_eof()
+
+    def target_output(self, data: bytes) -> None:
+        return None
+
+    def resize(self, columns: int, lines: int) -> None:
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._approver.cancel(pending.id, "session closed")

@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wraith_conch.algorithms import prefer_fast_algorithms
+from wraith_conch.algorithms import no_delay, prefer_fast_algorithms
 from wraith_conch.relay import RelayConnection
 from wraith_conch.upstream.known_hosts import HostKeyVerdict, KnownHosts, sha256_fingerprint
 
@@ -181,6 +181,9 @@ class UpstreamTransport(transport.SSHClientTransport):
         self.failure_reason: UpstreamError | None = None
         self.connection: UpstreamConnection | None = None
         prefer_fast_algorithms(self)
+        self.supportedPublicKeys = pinned_host_key_algorithms(
+            self.supportedPublicKeys, known_hosts.entries_for(target.host, target.port)
+        )
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred:
         try:
@@ -208,6 +211,10 @@ class UpstreamTransport(transport.SSHClientTransport):
     def _refuse_host_key(self, message: str) -> defer.Deferred:
         self.failure_reason = HostKeyRefused(f"{message} (target {self.target})")
         return defer.fail(self.failure_reason)
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        super().connectionMade()
 
     def connectionSecure(self) -> None:
         self.connection = UpstreamConnection(self.ready)
@@ -240,6 +247,22 @@ class UpstreamTransport(transport.SSHClientTransport):
             self.ready.errback(error)
         if self.connection is not None and not self.connection.lost.called:
             self.connection.lost.callback(None)
+
+
+def pinned_host_key_algorithms(available: list[bytes], entries) -> list[bytes]:
+    """
+    Ask only for host key types pinned for this target, as OpenSSH does.
+    Conch would otherwise ask for ECDSA first and then refuse the server's
+    ECDSA key as "changed" when known_hosts pins its ed25519 key.
+    """
+    wanted: set[bytes] = set()
+    for entry in entries:
+        key_type = entry.key.sshType()
+        wanted.add(key_type)
+        if key_type == b"ssh-rsa":
+            wanted.update((b"rsa-sha2-512", b"rsa-sha2-256"))
+    narrowed = [name for name in available if name in wanted]
+    return narrowed or available
 
 
 def connect_upstream(
