@@ -106,6 +106,57 @@ class OperatorKeyTests(unittest.TestCase):
         self.assertIn(b"Permission denied", err)
 
 
+class UserNameBindingTests(unittest.TestCase):
+    """A key is not a licence to log in under any name."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.sshd = start_sshd(self)
+        self.base = self.mktemp()
+        os.makedirs(self.base)
+        self.key = os.path.join(self.base, "alice")
+        self.pub = keygen(self.key)
+
+    def login_as(self, gateway, user: str):
+        argv = gateway.ssh_argv("id -un", user=user)
+        argv[argv.index(gateway.operator_key)] = self.key
+        return spawn_ssh(reactor, argv)
+
+    @defer.inlineCallbacks
+    def test_principals_bind_a_shared_file_line_to_user_names(self):
+        gateway = Gateway(
+            self,
+            self.sshd,
+            ScriptedApprover(approve_all_except()),
+            authorized_keys_text=f'principals="{self.sshd.user}" {self.pub}\n',
+        )
+        code, out, err = yield self.login_as(gateway, self.sshd.user)
+        self.assertEqual((code, out.strip()), (0, self.sshd.user.encode()), err)
+        code, out, err = yield self.login_as(gateway, "root")
+        self.assertEqual(code, 255)
+        self.assertIn(b"Permission denied", err)
+
+    @defer.inlineCallbacks
+    def test_per_user_files(self):
+        keys_dir = os.path.join(self.base, "keys")
+        os.makedirs(keys_dir)
+        with open(os.path.join(keys_dir, self.sshd.user), "w") as f:
+            f.write(self.pub + "\n")
+        gateway = Gateway(
+            self,
+            self.sshd,
+            ScriptedApprover(approve_all_except()),
+            **{"authorized-keys": os.path.join(keys_dir, "%u")},
+        )
+        code, out, err = yield self.login_as(gateway, self.sshd.user)
+        self.assertEqual((code, out.strip()), (0, self.sshd.user.encode()), err)
+        for other in ("root", "nobody-here"):
+            code, out, err = yield self.login_as(gateway, other)
+            self.assertEqual(code, 255, other)
+            self.assertIn(b"Permission denied", err)
+
+
 class PassthroughTests(unittest.TestCase):
     timeout = 60
 

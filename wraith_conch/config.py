@@ -61,6 +61,7 @@ class Config:
     approval_timeout: float
     on_mismatch: str
     gateway_name: str
+    authorized_keys_path: str | None = None
     hub_listen: str = DEFAULT_HUB_LISTEN
     reviewers: Reviewers | None = attrs.field(default=None, repr=False)
     policy: Policy = attrs.field(default=DEFAULT_POLICY, repr=False)
@@ -121,10 +122,17 @@ def build_config(options: dict, reactor) -> Config:
         keys_path = options.get("authorized-keys")
         if not keys_path:
             raise ConfigError("authorized-keys", "required with --auth keys")
-        try:
-            authorized_keys = load_authorized_keys(_expand(keys_path))
-        except AuthorizedKeysError as e:
-            raise ConfigError("authorized-keys", str(e)) from None
+        keys_path = _expand(keys_path)
+        if "%u" in keys_path:
+            # One file per user, read at login (sshd's AuthorizedKeysFile %u).
+            directory = os.path.dirname(keys_path.split("%u", 1)[0] + "x")
+            if not os.path.isdir(directory):
+                raise ConfigError("authorized-keys", f"{directory} is not a directory")
+        else:
+            try:
+                authorized_keys = load_authorized_keys(keys_path)
+            except AuthorizedKeysError as e:
+                raise ConfigError("authorized-keys", str(e)) from None
 
     approval = options.get("approval") or "embedded"
     if approval != "embedded":
@@ -209,6 +217,7 @@ def build_config(options: dict, reactor) -> Config:
         target_known_hosts=known_hosts,
         target_identity=identity,
         authorized_keys=authorized_keys,
+        authorized_keys_path=_expand(options.get("authorized-keys")) or None,
         auth=auth,
         log_format=log_format,
         approval=approval,

@@ -7,7 +7,11 @@ import socket
 from twisted.cred.portal import Portal
 
 from wraith_conch.approval.interfaces import IApprover
-from wraith_conch.gateway.auth import AuthorizedKeysChecker, PassthroughChecker
+from wraith_conch.gateway.auth import (
+    AuthorizedKeysChecker,
+    PassthroughChecker,
+    authorized_keys_source,
+)
 from wraith_conch.gateway.forwarding import Forwarder
 from wraith_conch.gateway.server import GatewayFactory
 from wraith_conch.gateway.session import GatewayRealm, SessionSettings
@@ -54,5 +58,7 @@ def build_gateway_factory(reactor, config, approver: IApprover) -> GatewayFactor
     if config.auth == "passthrough":
         checker = PassthroughChecker(connect)
     else:
-        checker = AuthorizedKeysChecker(config.authorized_keys)
+        checker = AuthorizedKeysChecker(
+            authorized_keys_source(config.authorized_keys_path or "", config.authorized_keys)
+        )
     return GatewayFactory(reactor, Portal(realm, [checker]), config.host_key)

@@ -26,15 +26,23 @@ from twisted.cred import credentials as credmod
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import directlyProvides, implementer, providedBy
 
-from wraith_conch.gateway.authorized_keys import AuthorizedKeys, KeyOptions
+from wraith_conch.gateway.authorized_keys import (
+    AuthorizedKeys,
+    AuthorizedKeysError,
+    KeyOptions,
+    load_authorized_keys,
+)
 from wraith_conch.upstream.client import UpstreamAuthFailed, UpstreamConnection, UpstreamLogin
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
 # The user name is also the login name at the target and appears in logs
 # and approval requests, so keep it to what a Unix login name can be (plus
 # the @ and % a later issue uses to pick a target).
+_log = Logger()
+
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@%+-]{0,63}$")
 
 
@@ -91,14 +99,23 @@ class ClientAddressPortal:
 
 @implementer(ICredentialsChecker)
 class AuthorizedKeysChecker:
-    """Public-key auth against an C{authorized_keys} file, options included."""
+    """
+    Public-key auth against C{authorized_keys}, options included.
+
+    C{keys_for(user)} gives the keys that may log in as C{user}: one shared
+    file, or with a C{%u} path template one file per user as sshd's
+    C{AuthorizedKeysFile} (see L{authorized_keys_source}).  In a shared file
+    a line with C{principals="alice,bob"} may log in only as those users.
+    """
 
     credentialInterfaces = (credmod.ISSHPrivateKey,)
 
     def __init__(
-        self, authorized_keys: AuthorizedKeys, now: Callable[[], datetime] | None = None
+        self,
+        keys_for: Callable[[str], AuthorizedKeys],
+        now: Callable[[], datetime] | None = None,
     ) -> None:
-        self._authorized_keys = authorized_keys
+        self._keys_for = keys_for
         self._now = now or (lambda: datetime.now(UTC))
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
@@ -107,9 +124,11 @@ class AuthorizedKeysChecker:
     def _check(self, credentials) -> OperatorIdentity:
         user = decode_user_name(credentials.username)
         client = credentials.client_address
-        entry = self._authorized_keys.match(credentials.blob, _host_of(client), self._now())
+        entry = self._keys_for(user).match(credentials.blob, _host_of(client), self._now())
         if entry is None:
             raise UnauthorizedLogin("key not authorized")
+        if entry.options.principals and user not in entry.options.principals:
+            raise UnauthorizedLogin("key not authorized for this user name")
         if credentials.signature is None:
             raise ValidPublicKey()
         try:
@@ -126,6 +145,28 @@ class AuthorizedKeysChecker:
             key_fingerprint=sha256_fingerprint(key),
             options=entry.options,
         )
+
+
+def authorized_keys_source(
+    path: str, loaded: AuthorizedKeys | None
+) -> Callable[[str], AuthorizedKeys]:
+    """
+    Where the keys for a user come from: the file loaded at start-up, or,
+    for a path with C{%u}, that user's own file read at each login (so it
+    can change without a restart).  A missing or malformed per-user file
+    lets nobody in as that user; the error is logged, never the keys.
+    """
+    if "%u" not in path:
+        return lambda user: loaded
+
+    def per_user(user: str) -> AuthorizedKeys:
+        try:
+            return load_authorized_keys(path.replace("%u", user))
+        except AuthorizedKeysError as e:
+            _log.info("no usable keys for {user}: {error}", user=user, error=str(e))
+            return AuthorizedKeys()
+
+    return per_user
 
 
 @implementer(ICredentialsChecker)
