@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import struct
+import time
 
 from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -121,6 +122,27 @@ def _send_and_read(s: socket.socket, payload: bytes) -> bytes:
     except (ConnectionResetError, BrokenPipeError):
         pass
     return b"".join(chunks)
+
+
+def exchange_then_close(port: int, payload: bytes) -> bytes:
+    """Send and read the whole echo before closing: proxies need not carry a half-close."""
+    received = bytearray()
+    deadline = time.monotonic() + 60
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        view = memoryview(payload)
+        sent = 0
+        while len(received) < len(payload) and time.monotonic() < deadline:
+            if sent < len(payload):
+                sent += s.send(view[sent : sent + (1 << 16)])
+            s.settimeout(0.01 if sent < len(payload) else 1)
+            try:
+                chunk = s.recv(1 << 16)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+    return bytes(received)
 
 
 def socks5_exchange(socks_port: int, host: str, port: int, payload: bytes) -> bytes:
@@ -299,3 +321,67 @@ class ForwardingTests(unittest.TestCase):
                 if needle == "127.0.0.1":
                     continue
                 self.assertNotIn(needle, text, f"destination in log event: {text[:300]}")
+
+
+class ProxyForwardingTests(unittest.TestCase):
+    """C{ssh -L} through the gateway with C{--proxy}: real microsocks and tinyproxy."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.sshd = start_sshd(self)
+        self.echo = EchoServer(self)
+        self.base = self.mktemp()
+        os.makedirs(self.base)
+        self.policy = loopback_policy(self.base, [self.echo.number])
+
+    def gateway(self, proxy: str) -> Gateway:
+        return Gateway(
+            self,
+            self.sshd,
+            ScriptedApprover(approve_all_except()),
+            **{"forward-policy": self.policy, "proxy": proxy},
+        )
+
+    @defer.inlineCallbacks
+    def check_round_trip(self, proxy: str):
+        gateway = self.gateway(proxy)
+        local = free_port()
+        ForwardingSSH(self, gateway, "-L", f"{local}:127.0.0.1:{self.echo.number}")
+        yield wait_listening(local)
+        payload = os.urandom(2_000_000)
+        echoed = yield threads.deferToThread(exchange_then_close, local, payload)
+        self.assertEqual(len(echoed), len(payload))
+        self.assertEqual(hashlib.sha256(echoed).digest(), hashlib.sha256(payload).digest())
+
+    def test_socks5(self):
+        from tests.proxies import start_microsocks
+
+        socks = start_microsocks(self)
+        return self.check_round_trip(f"socks5://127.0.0.1:{socks.port}")
+
+    def test_tor_socks_port(self):
+        """tor://HOST:PORT speaks SOCKS5 to Tor's SOCKS port; microsocks stands in."""
+        from tests.proxies import start_microsocks
+
+        socks = start_microsocks(self)
+        return self.check_round_trip(f"tor://127.0.0.1:{socks.port}")
+
+    def test_http_connect(self):
+        from tests.proxies import start_tinyproxy
+
+        http = start_tinyproxy(self)
+        return self.check_round_trip(f"http://127.0.0.1:{http.port}")
+
+    @defer.inlineCallbacks
+    def test_proxy_down_fails_only_that_channel(self):
+        gateway = self.gateway(f"socks5://127.0.0.1:{free_port()}")
+        local = free_port()
+        fwd = ForwardingSSH(self, gateway, "-L", f"{local}:127.0.0.1:{self.echo.number}")
+        yield wait_listening(local)
+        echoed = yield threads.deferToThread(exchange, local, b"x")
+        self.assertEqual(echoed, b"")
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertIn(b"open failed: connect failed", fwd.stderr)
+        code, out, err = yield spawn_ssh(reactor, gateway.ssh_argv("echo shell-still-works"))
+        self.assertEqual((code, out.strip()), (0, b"shell-still-works"), err)
