@@ -119,7 +119,8 @@ def _send_and_read(s: socket.socket, payload: bytes) -> bytes:
             if not chunk:
                 break
             chunks.append(chunk)
-    except (ConnectionResetError, BrokenPipeError):
+    except OSError:
+        # Reset, broken pipe, or already closed (ENOTCONN): the forward was refused.
         pass
     return b"".join(chunks)
 
