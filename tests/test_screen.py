@@ -770,3 +770,12 @@ class RealBashTests(SynchronousTestCase):
             self.assertEqual(seen, InputLine(actual, True), keys)
             bash.send(b"\x05\x15")
             bash.wait_for(lambda: screen.input_line() == "")
+
+
+class RowTextTests(SynchronousTestCase):
+    def test_row_text_matches_the_full_render(self):
+        screen = Screen(20, 4)
+        screen.feed("wraith$ echo 中文 and a line that wraps\r\nnext".encode())
+        rows = screen.last_screenful()
+        self.assertEqual([screen.row_text(i) for i in range(4)], rows)
+        self.assertEqual((screen.row_text(-1), screen.row_text(4)), ("", ""))

@@ -165,10 +165,8 @@ class ShellGate:
         if not prompt:
             return False
         row, column = self.screen.cursor
-        rows = self.screen.last_screenful()
-        if not 0 <= row < len(rows):
-            return False
-        before, after = rows[row][:column].rstrip(), rows[row][column:].strip()
+        text = self.screen.row_text(row)
+        before, after = text[:column].rstrip(), text[column:].strip()
         if after:
             return False
         if _DIGITS.sub("0", before) == _DIGITS.sub("0", prompt):
@@ -213,8 +211,7 @@ class ShellGate:
     def _begin_line(self) -> None:
         self._line_started = True
         row, column = self.screen.cursor
-        rows = self.screen.last_screenful()
-        self._prompt = rows[row][:column] if 0 <= row < len(rows) else None
+        self._prompt = self.screen.row_text(row)[:column]
         self.screen.mark_input_start()
 
     def _new_line(self) -> None:
@@ -328,8 +325,7 @@ class ShellGate:
 
     def _cursor_row_after_prompt(self) -> str:
         row, _column = self.screen.cursor
-        rows = self.screen.last_screenful()
-        text = rows[row] if 0 <= row < len(rows) else ""
+        text = self.screen.row_text(row)
         if self._prompt and text.startswith(self._prompt):
             text = text[len(self._prompt) :]
         return text.strip()

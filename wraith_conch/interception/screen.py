@@ -781,6 +781,13 @@ class Screen:
         """How many malformed sequences were ignored (for diagnostics)."""
         return self._term.ignored_events
 
+    def row_text(self, row: int) -> str:
+        """One display row, trailing blanks stripped (a cheap L{last_screenful}()[row])."""
+        term = self._term
+        if not 0 <= row < term.lines:
+            return ""
+        return "".join(_cell_texts(term.buffer.get(row), term.columns)).rstrip()
+
     def last_screenful(self) -> list[str]:
         """The rows on display, trailing blanks stripped: context for reviewers."""
         term = self._term
