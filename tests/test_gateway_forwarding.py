@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from tests.gatewayharness import Gateway, free_port
+from tests.localresolver import install_local_resolver
 from tests.operator import spawn_ssh
 from tests.sshd import start_sshd
 from wraith_conch.testing import ScriptedApprover, approve_all_except
@@ -179,6 +180,7 @@ class ForwardingTests(unittest.TestCase):
     timeout = 120
 
     def setUp(self):
+        install_local_resolver(self)  # no DNS query may leave the machine
         self.sshd = start_sshd(self)
         self.echo = EchoServer(self)
         self.base = self.mktemp()
@@ -276,20 +278,22 @@ class ForwardingTests(unittest.TestCase):
         policy = loopback_policy(self.base, [closed])
         gateway = self.gateway(**{"forward-policy": policy})
         # One connection carries a failing forward and a shell command.
-        local = free_port()
+        local, unknown = free_port(), free_port()
         fwd = ForwardingSSH(
             self,
             gateway,
             "-L",
             f"{local}:127.0.0.1:{closed}",
             "-L",
-            f"{local + 1 if local < 65535 else local - 1}:no-such-host.invalid:80",
+            f"{unknown}:no-such-host.invalid:80",
         )
         yield wait_listening(local)
-        echoed = yield threads.deferToThread(exchange, local, b"x")
-        self.assertEqual(echoed, b"")
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        for port in (local, unknown):
+            echoed = yield threads.deferToThread(exchange, port, b"x")
+            self.assertEqual(echoed, b"")
+        yield task.deferLater(reactor, 0.5, lambda: None)
         self.assertIn(b"open failed: connect failed: connection refused", fwd.stderr)
+        self.assertIn(b"open failed: connect failed: name not found", fwd.stderr)
         # The gateway still serves this operator.
         code, out, err = yield spawn_ssh(reactor, gateway.ssh_argv("echo still-here"))
         self.assertEqual((code, out.strip()), (0, b"still-here"), err)
@@ -330,6 +334,7 @@ class ProxyForwardingTests(unittest.TestCase):
     timeout = 120
 
     def setUp(self):
+        install_local_resolver(self)
         self.sshd = start_sshd(self)
         self.echo = EchoServer(self)
         self.base = self.mktemp()
