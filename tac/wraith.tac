@@ -26,7 +26,7 @@
 #     twistd -n --pidfile= -y tac/wraith.tac
 #
 # A bad setting stops twistd with the same one-line message the plugin gives
-# (e.g. "wraith.tac: --approval: required: ..."), before anything listens.
+# (e.g. "wraith.tac: --approval: not a ws:// or wss:// URL: ..."), before anything listens.
 #
 # Logs: with --log-format=text (the default) twistd writes them as usual
 # (--logfile, or stdout with -n).  With --log-format=json this file installs

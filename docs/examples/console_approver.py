@@ -2,10 +2,12 @@
 A console approval service, for trying the gateway: each request the
 gateway sends is shown on this terminal and waits for your answer.
 
-    python3 docs/examples/console_approver.py --port 8022 --token-file approval_token
+    python3 docs/examples/console_approver.py --port 8023 --token-file approval_token
 
 then start the gateway with
-C{--approval ws://127.0.0.1:8022/gateway --approval-token-file approval_token}.
+C{--approval ws://127.0.0.1:8023/gateway --approval-token-file approval_token}.
+(Port 8022 is the default C{--hub-listen} of the gateway's own hub, which
+C{--approval embedded} starts; with an outside service it is not started.)
 
 It speaks PROTOCOL.md and nothing more.  It is an example, not a
 production service: one reviewer at one terminal, decisions kept in memory
