@@ -79,6 +79,24 @@ class Gateway:
                 f"[127.0.0.1]:{self.port_number} {self.config.host_key.public().toString('openssh').decode()}\n"
             )
 
+    def paramiko_client(self, user: str | None = None):
+        """A connected paramiko client (blocking: use from a thread)."""
+        import paramiko
+
+        client = paramiko.SSHClient()
+        client.load_host_keys(self.known_hosts)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(
+            "127.0.0.1",
+            port=self.port_number,
+            username=user or self.sshd.user,
+            key_filename=self.operator_key,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
+        return client
+
     def ssh_argv(self, *command: str, user: str | None = None, extra=()) -> list[str]:
         return [
             "ssh",

@@ -32,20 +32,7 @@ class TwoChannelTests(unittest.TestCase):
         self.gateway = Gateway(self, self.sshd, self.approver)
 
     def _two_channels(self) -> tuple[bytes, bytes, int, int]:
-        import paramiko
-
-        client = paramiko.SSHClient()
-        client.load_host_keys(self.gateway.known_hosts)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            "127.0.0.1",
-            port=self.gateway.port_number,
-            username=self.sshd.user,
-            key_filename=self.gateway.operator_key,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=10,
-        )
+        client = self.gateway.paramiko_client()
         try:
             transport = client.get_transport()
             first = transport.open_session(timeout=10)

@@ -23,25 +23,8 @@ class ControlChannelTests(unittest.TestCase):
         self.approver = ScriptedApprover(approve_all_except("DENYME"))
         self.gateway = Gateway(self, self.sshd, self.approver)
 
-    def _client(self):
-        import paramiko
-
-        client = paramiko.SSHClient()
-        client.load_host_keys(self.gateway.known_hosts)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            "127.0.0.1",
-            port=self.gateway.port_number,
-            username=self.sshd.user,
-            key_filename=self.gateway.operator_key,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=10,
-        )
-        return client
-
     def _events_for_two_commands(self) -> list[dict]:
-        client = self._client()
+        client = self.gateway.paramiko_client()
         try:
             transport = client.get_transport()
             control = transport.open_channel(
@@ -76,7 +59,7 @@ class ControlChannelTests(unittest.TestCase):
     def _open_reserved(self, host: str, port: int):
         import paramiko
 
-        client = self._client()
+        client = self.gateway.paramiko_client()
         try:
             with self.assertRaises(paramiko.ChannelException) as caught:
                 client.get_transport().open_channel(

@@ -48,6 +48,37 @@ def twistd_argv(*args: str) -> list[str]:
     return [sys.executable, "-c", TWISTD, *args]
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s; close its stdout."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def pin_gateway_key(path: str, port: int, host_key_path: str) -> None:
+    """A known_hosts file for the operator, pinning the gateway's generated key."""
+    from twisted.conch.ssh import keys
+
+    public = keys.Key.fromFile(host_key_path).public().toString("openssh").decode()
+    with open(path, "w") as f:
+        f.write(f"[127.0.0.1]:{port} {public}\n")
+
+
+def operator_argv(port: int, key: str, known_hosts: str, user: str, *command: str) -> list[str]:
+    return [
+        "ssh", "-F", "/dev/null", "-p", str(port), "-i", key,
+        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+        f"{user}@127.0.0.1", *command,
+    ]  # fmt: skip
+
+
 class PluginInstallTests(unittest.TestCase):
     """C{pip install .} into a fresh virtualenv puts the plugin where twistd finds it."""
 
@@ -259,43 +290,14 @@ class TwistdGatewayTests(unittest.TestCase):
             yield task.deferLater(reactor, 0.1, lambda: None)
         else:
             self.fail("gateway did not start and connect to the approval service")
-        from twisted.conch.ssh import keys
-
         self.known = os.path.join(self.base, "known_hosts")
-        with open(self.known, "w") as f:
-            public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
-            f.write(f"[127.0.0.1]:{self.port} {public}\n")
+        pin_gateway_key(self.known, self.port, self.host_key)
 
     def stop_gateway(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
+        stop_process(self.process)
 
     def ssh(self, *command: str):
-        argv = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-p",
-            str(self.port),
-            "-i",
-            self.operator_key,
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            f"{self.sshd.user}@127.0.0.1",
-            *command,
-        ]
+        argv = operator_argv(self.port, self.operator_key, self.known, self.sshd.user, *command)
         return spawn_ssh(reactor, argv)
 
     @defer.inlineCallbacks
@@ -380,14 +382,7 @@ class EmbeddedHubTests(unittest.TestCase):
         self.addCleanup(self.stop)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
+        stop_process(self.process)
 
     @defer.inlineCallbacks
     def test_reviewer_approves_through_the_embedded_hub(self):
@@ -405,20 +400,11 @@ class EmbeddedHubTests(unittest.TestCase):
             if os.path.exists(self.host_key):
                 break
             yield task.deferLater(reactor, 0.1, lambda: None)
-        from twisted.conch.ssh import keys
-
         known = os.path.join(self.base, "known_hosts")
-        with open(known, "w") as f:
-            public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
-            f.write(f"[127.0.0.1]:{self.port} {public}\n")
+        pin_gateway_key(known, self.port, self.host_key)
         marker = os.path.join(home_of(self.sshd), f"hub-{os.getpid()}-{self.port}")
         self.addCleanup(lambda: os.path.exists(marker) and os.unlink(marker))
-        argv = [
-            "ssh", "-F", "/dev/null", "-p", str(self.port), "-i", self.operator_key,
-            "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            f"{self.sshd.user}@127.0.0.1", f"touch {marker}",
-        ]  # fmt: skip
+        argv = operator_argv(self.port, self.operator_key, known, self.sshd.user, f"touch {marker}")
         running = spawn_ssh(reactor, argv)
         review = [sys.executable, "-m", "wraith_conch.review_cli",
                   "--hub", f"http://127.0.0.1:{self.hub_port}", "--token", token]  # fmt: skip
