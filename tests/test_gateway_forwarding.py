@@ -391,3 +391,17 @@ class ProxyForwardingTests(unittest.TestCase):
         self.assertIn(b"open failed: connect failed", fwd.stderr)
         code, out, err = yield spawn_ssh(reactor, gateway.ssh_argv("echo shell-still-works"))
         self.assertEqual((code, out.strip()), (0, b"shell-still-works"), err)
+
+
+class ProtectedPortsTests(unittest.TestCase):
+    def test_embedded_hub_port_is_protected(self):
+        import attrs
+
+        from wraith_conch.config import Config
+
+        fields = {f.name: None for f in attrs.fields(Config) if f.default is attrs.NOTHING}
+        fields.update(listen=("tcp:2222:interface=10.1.2.3",), approval="embedded")
+        config = Config(**fields, hub_listen="tcp:8022:interface=10.1.2.4")
+        self.assertEqual(config.listen_addresses(), [("10.1.2.3", 2222), ("10.1.2.4", 8022)])
+        outside = attrs.evolve(config, approval="ws://127.0.0.1:9/")
+        self.assertEqual(outside.listen_addresses(), [("10.1.2.3", 2222)])

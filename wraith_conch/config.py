@@ -19,6 +19,7 @@ from wraith_conch.approval.client import parse_approval_url
 from wraith_conch.approval.interfaces import DEFAULT_TIMEOUT_SECONDS
 from wraith_conch.approval.policy import DEFAULT_POLICY, Policy, PolicyError, load_policy
 from wraith_conch.approval.reviewers import Reviewers, ReviewersFileError
+from wraith_conch.approval.webhook import check_webhook_url
 from wraith_conch.forwarding_policy import ForwardPolicy, ForwardPolicyError, load_forward_policy
 from wraith_conch.gateway.authorized_keys import (
     AuthorizedKeys,
@@ -64,6 +65,7 @@ class Config:
     authorized_keys_path: str | None = None
     hub_listen: str = DEFAULT_HUB_LISTEN
     reviewers: Reviewers | None = attrs.field(default=None, repr=False)
+    webhook: str | None = attrs.field(default=None, repr=False)
     policy: Policy = attrs.field(default=DEFAULT_POLICY, repr=False)
     audit_log: str | None = None
     record_dir: str | None = None
@@ -72,8 +74,14 @@ class Config:
     forwarding: bool = True
 
     def listen_addresses(self) -> list[tuple[str | None, int]]:
-        """The TCP (address, port) pairs the gateway listens on, for the forward policy."""
-        return [pair for description in self.listen for pair in _tcp_listen_address(description)]
+        """
+        The TCP (address, port) pairs this process listens on -- the gateway
+        and, when embedded, the hub -- which forwards must never reach.
+        """
+        descriptions = list(self.listen)
+        if self.approval == "embedded":
+            descriptions.append(self.hub_listen)
+        return [pair for description in descriptions for pair in _tcp_listen_address(description)]
 
 
 def build_config(options: dict, reactor) -> Config:
@@ -153,6 +161,14 @@ def build_config(options: dict, reactor) -> Config:
             reviewers = Reviewers.load(_expand(options["reviewers"]))
         except (ReviewersFileError, OSError) as e:
             raise ConfigError("reviewers", str(e)) from None
+    webhook = options.get("webhook") or None
+    if webhook is not None:
+        if approval != "embedded":
+            raise ConfigError("webhook", "only with the embedded hub (no --approval URL)")
+        try:
+            check_webhook_url(webhook)
+        except ValueError as e:
+            raise ConfigError("webhook", str(e)) from None
     try:
         policy = (
             load_policy(_expand(options["policy"])) if options.get("policy") else DEFAULT_POLICY
@@ -205,6 +221,7 @@ def build_config(options: dict, reactor) -> Config:
     return Config(
         hub_listen=hub_listen,
         reviewers=reviewers,
+        webhook=webhook,
         policy=policy,
         audit_log=audit_log,
         record_dir=record_dir,
