@@ -28,6 +28,8 @@ APT_PACKAGES=(
     # Plays recordings back; the reviewer console is tested in a real browser.
     asciinema
     chromium
+    # fail2ban-regex checks the shipped filters against real log output.
+    fail2ban
 )
 # Only when the interpreter has no pip (Debian's own python3).
 PIP_APT_PACKAGES=(python3-pip python3-venv)
