@@ -41,7 +41,9 @@ def keygen(path: str, kind: str = "ed25519") -> str:
 class Gateway:
     """A gateway listening on 127.0.0.1 in this process, and an operator key for it."""
 
-    def __init__(self, testcase, sshd: TargetSSHD, approver=None, **overrides) -> None:
+    def __init__(
+        self, testcase, sshd: TargetSSHD, approver=None, session_watch=None, **overrides
+    ) -> None:
         base = testcase.mktemp()
         os.makedirs(base)
         self.base = base
@@ -69,7 +71,9 @@ class Gateway:
         options.update(overrides)
         self.config = build_config(options, reactor)
         self.approver = approver if approver is not None else ScriptedApprover()
-        factory = build_gateway_factory(reactor, self.config, self.approver)
+        factory = build_gateway_factory(
+            reactor, self.config, self.approver, session_watch=session_watch
+        )
         self.port = reactor.listenTCP(port_number, factory, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.port_number = self.port.getHost().port

@@ -3,7 +3,8 @@ The whole path as people use it: a real sshd, a real C{twistd -n wraith} with
 its embedded hub, the operator's real C{ssh}, and a reviewer in headless
 Chromium who logs in with the link the gateway printed and decides there.
 
-Saves a screenshot to C{/tmp/wraith-console-e2e.png}.
+Saves screenshots to C{/tmp/wraith-console-e2e.png} (a pending request) and
+C{/tmp/wraith-console-live.png} (a session watched read-only).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.test_console_browser import SKIP, BrowserThread
 from tests.test_twistd import REPO, twistd_argv
 
 SCREENSHOT = "/tmp/wraith-console-e2e.png"
+LIVE_SCREENSHOT = "/tmp/wraith-console-live.png"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -158,3 +160,33 @@ class ConsoleEndToEndTests(TestCase):
         )
         self.assertIn("denied", row)
         self.assertTrue(os.path.getsize(SCREENSHOT) > 10_000)
+
+    @defer.inlineCallbacks
+    def test_watch_a_session_read_only(self):
+        link = yield self.login_link()
+        self.addCleanup(self.browser.stop)
+        yield self.browser.start()
+        page = yield self.browser.call(self._login, link)
+        command = "echo e2e-first; sleep 4; echo e2e-second"
+        argv = yield self.operator_argv(command)
+        running = spawn_ssh(reactor, argv)
+        yield self.browser.call(self._decide, page, command, "approve", "watching it")
+
+        def watch():
+            page.locator("#live-sessions li button.watch").first.click()
+            screen = page.locator("#live-screen")
+            # Locators, not wait_for_function: the console's CSP forbids eval.
+            page.locator("#live-screen", has_text="e2e-first").wait_for()
+            first = screen.inner_text()
+            page.screenshot(path=LIVE_SCREENSHOT, full_page=True)
+            page.locator("#live-state", has_text="ended").wait_for()
+            inputs = page.locator("#live-view textarea, #live-view input").count()
+            return first, screen.inner_text(), inputs
+
+        first, last, inputs = yield self.browser.call(watch)
+        self.assertIn("e2e-first", first)
+        self.assertIn("e2e-second", last)
+        self.assertEqual(inputs, 0)  # nothing to type into
+        code, out, err = yield running
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"e2e-second", out)

@@ -240,7 +240,13 @@ class TwistdGatewayTests(unittest.TestCase):
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)
         self.service = ApprovalService(
-            rule=lambda r: ("deny", "not today") if "DENYME" in r["command"] else ("approve", "ok"),
+            rule=lambda r: (
+                None
+                if "HOLD" in r["command"]
+                else ("deny", "not today")
+                if "DENYME" in r["command"]
+                else ("approve", "ok")
+            ),
             token="s3cret-token",
         )
         self.approval_url = self.service.listen(reactor, self)
@@ -318,6 +324,23 @@ class TwistdGatewayTests(unittest.TestCase):
             log = f.read()
         self.assertIn("auth accepted", log)
         self.assertNotIn("s3cret-token", log)
+
+    @defer.inlineCallbacks
+    def test_sigterm_denies_pending_tells_operators_and_exits_cleanly(self):
+        yield self.start_gateway()
+        marker = os.path.join(home_of(self.sshd), f"held-{os.getpid()}-{self.port}")
+        waiting = self.service.next_request()
+        running = self.ssh(f"touch {marker} # HOLD")
+        yield waiting
+        self.process.send_signal(signal.SIGTERM)
+        code, out, err = yield running
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"wraith: denied: the gateway is stopping", err)
+        exit_code = yield threads.deferToThread(self.process.wait, 20)
+        self.assertEqual(exit_code, 0)
+        self.assertFalse(os.path.exists(marker))
+        cancels = [c["id"] for c in self.service.cancels]
+        self.assertEqual(cancels, [self.service.requests[-1]["id"]])
 
     @defer.inlineCallbacks
     def test_json_logs(self):

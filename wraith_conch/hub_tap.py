@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from wraith_conch.approval.hub import DEFAULT_HISTORY, make_hub_service
 from wraith_conch.approval.reviewers import Reviewers, ReviewersFileError
+from wraith_conch.approval.webhook import check_webhook_url
 
 DEFAULT_HUB_LISTEN = "tcp:8022:interface=127.0.0.1"
 
@@ -67,6 +68,7 @@ class Options(usage.Options):
             "Reviewer accounts (TOML); without it an 'admin' login link is printed once.",
         ],
         ["history", None, str(DEFAULT_HISTORY), "How many recent decisions reviewers see."],
+        ["webhook", None, None, "http(s) URL to POST each request awaiting review to (JSON)."],
     ]
 
     def postOptions(self) -> None:
@@ -101,6 +103,11 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--history: a number from 1 to 10000") from None
+        if self["webhook"]:
+            try:
+                check_webhook_url(self["webhook"])
+            except ValueError as e:
+                raise usage.UsageError(f"--webhook: {e}") from None
 
 
 def makeService(options: Options) -> service.IService:
@@ -112,5 +119,6 @@ def makeService(options: Options) -> service.IService:
         options.reviewers,
         options.gateway_token,
         history=options.history,
+        webhook=options["webhook"],
     )
     return hub_service

@@ -19,6 +19,7 @@ from wraith_conch.approval.hub import make_hub_service
 from wraith_conch.audit.trail import AuditingApprover, AuditTrail
 from wraith_conch.config import DEFAULT_LISTEN, Config, ConfigError, build_config
 from wraith_conch.gateway.assembly import build_gateway_factory
+from wraith_conch.gateway.server import GracefulShutdown
 from wraith_conch.logs import json_observer_for_twistd
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
@@ -87,6 +88,12 @@ class Options(usage.Options):
             None,
             None,
             "Append every request and decision as JSON lines (fsynced, 0600).",
+        ],
+        [
+            "webhook",
+            None,
+            None,
+            "http(s) URL the embedded hub POSTs each request awaiting review to (JSON).",
         ],
         ["record-dir", None, None, "Directory for asciicast v2 recordings of PTY sessions (0600)."],
         ["approval-token", None, None, "Bearer token sent to the approval service."],
@@ -169,10 +176,14 @@ def makeService(options: Options) -> service.IService:
         # The hub in this process; the gateway still speaks PROTOCOL.md to it
         # over loopback, exactly as to an outside service.
         token = secrets.token_urlsafe(32)
-        hub, _state, url = make_hub_service(reactor, config.hub_listen, config.reviewers, token)
+        hub, _state, url = make_hub_service(
+            reactor, config.hub_listen, config.reviewers, token, webhook=config.webhook
+        )
         hub.setServiceParent(top)
+        session_watch = hub.session_watch  # the live view: same process only
     else:
         url, token = config.approval, config.approval_token
+        session_watch = None
     client = ApprovalClient(
         reactor,
         url,
@@ -188,7 +199,10 @@ def makeService(options: Options) -> service.IService:
             lineno=skipped.lineno,
             reason=skipped.reason,
         )
-    factory = build_gateway_factory(reactor, config, approver)
+    factory = build_gateway_factory(reactor, config, approver, session_watch=session_watch)
+    # Operators are told and drained while the approval client denies what
+    # is pending (services stop together).
+    GracefulShutdown(reactor, factory).setServiceParent(top)
     for description in config.listen:
         listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
         # A port that cannot be bound stops twistd with the error, instead of

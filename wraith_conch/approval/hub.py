@@ -34,11 +34,16 @@ Refused with HTTP 401 (no or wrong credentials) or 403 (foreign Origin).
 Server to reviewer::
 
     {"type": "snapshot", "version": 1, "reviewer": "bob",
-     "pending": [R, ...], "history": [H, ...], "gateways": [G, ...]}   # first frame
+     "pending": [R, ...], "history": [H, ...], "gateways": [G, ...],
+     "sessions": [S, ...]}                           # first frame
     {"type": "request", "request": R}                # a new pending request
     {"type": "resolved", "id": ..., "outcome": ..., "reason": ..., "reviewer": ...,
      "at": ..., "request": R}                        # = H; it is no longer pending
     {"type": "gateways", "gateways": [G, ...]}       # gateways connected now
+    {"type": "sessions", "sessions": [S, ...]}       # live sessions now (embedded hub)
+    {"type": "session", "session": S, "live": bool, "lines": [str, ...]}
+        # the screen of the session you watch: on watch, then on every change
+        # (gathered for 0.1 s); live false: it ended (last screen) or is unknown ([])
     {"type": "ack", "id": ..., "ok": true}           # your decide counted
     {"type": "ack", "id": ..., "ok": false, "error": "request ... is approved"}
     {"type": "error", "error": "..."}                # a frame of yours was refused
@@ -50,11 +55,19 @@ Server to reviewer::
     H = {"id", "outcome": "approve" | "deny" | "cancelled" | "expired",
          "reason", "reviewer" (null unless decided), "at", "request": R}
     G = {"name", "peer"}
+    S = the session id of a channel, as in R's "session" ("s-1a2b3c4d.0")
 
 Reviewer to server::
 
     {"type": "decide", "id": ..., "decision": "approve" | "deny", "reason": "..."}
+    {"type": "watch", "session": S | null}          # follow one session's screen; null: stop
     {"type": "ping"}
+
+Live sessions exist only in an embedded hub: the gateway in the same process
+feeds it what the target prints on each session channel (nothing new crosses
+PROTOCOL.md), and the hub keeps the last screenful of each (L{LiveScreens}).
+Watching is read-only: there is no frame that sends input to a session.
+A standalone hub always lists no sessions.
 
 Anything else (a C{request}, C{cancel} or C{decision} frame, junk, binary)
 is answered with C{error} and changes nothing.  History (C{H}) lists the
@@ -100,6 +113,7 @@ from wraith_conch.approval.console import (
     normal_origin,
     own_origin,
 )
+from wraith_conch.approval.live import LiveScreens
 from wraith_conch.approval.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL,
@@ -111,6 +125,7 @@ from wraith_conch.approval.protocol import (
     pong_frame,
 )
 from wraith_conch.approval.reviewers import Reviewers
+from wraith_conch.approval.webhook import Webhook
 
 REVIEWER_SUBPROTOCOL = "wraith.reviewer.v1"
 REVIEWER_PROTOCOL_VERSION = 1
@@ -145,6 +160,9 @@ EXPIRY_GRACE = 30.0
 """Seconds past a request's C{expires} before the hub drops it (the gateway cancels first)."""
 
 MAX_LIFETIME = 24 * 3600.0
+
+SESSION_FLUSH_INTERVAL = 0.1
+"""Seconds a live session's screen changes gather before watchers get them."""
 
 CLOSE_POLICY = 4008
 """Close code for a peer that broke the protocol (4000 + RFC 6455's 1008)."""
@@ -408,6 +426,13 @@ class Decide:
 
 
 @attrs.frozen
+class Watch:
+    """Watch a live session's screen (C{None}: stop watching)."""
+
+    session: str | None
+
+
+@attrs.frozen
 class Refused:
     """A reviewer frame that is answered with an error and does nothing."""
 
@@ -415,14 +440,21 @@ class Refused:
     id: str | None = None
 
 
-def parse_reviewer_frame(payload: bytes | str, is_binary: bool) -> Decide | PingMessage | Refused:
-    """Read one frame from a reviewer; anything but C{decide} or C{ping} is L{Refused}."""
+def parse_reviewer_frame(
+    payload: bytes | str, is_binary: bool
+) -> Decide | Watch | PingMessage | Refused:
+    """Read one frame from a reviewer; anything but C{decide}, C{watch} or C{ping} is L{Refused}."""
     message = _load_object(payload, is_binary)
     if isinstance(message, Ignored):
         return Refused(message.why)
     kind = message.get("type")
     if kind == "ping":
         return PingMessage()
+    if kind == "watch":
+        session = message.get("session")
+        if session is not None and not (isinstance(session, str) and _ID.fullmatch(session)):
+            return Refused("watch without a usable session")
+        return Watch(session)
     if kind in ("request", "cancel", "hello", "decision"):
         return Refused(f"reviewers cannot send {kind} frames")
     if kind != "decide":
@@ -501,8 +533,10 @@ class Hub:
         history_limit: int = DEFAULT_HISTORY,
         max_pending: int = MAX_PENDING,
         remember: int = REMEMBERED_IDS,
+        on_request: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self._max_pending = max_pending
+        self._on_request = on_request
         self._remember = remember
         self._pending: dict[str, _Pending] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=history_limit)
@@ -510,6 +544,8 @@ class Hub:
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._gateways: dict[Any, _GatewayState] = {}
         self._reviewers: dict[Any, str] = {}
+        self._watching: dict[Any, str] = {}
+        self.live = LiveScreens()
         self.stats: Counter[str] = Counter()
 
     # --- reading ------------------------------------------------------------
@@ -648,6 +684,11 @@ class Hub:
             user=message.view["user"],
         )
         self._broadcast(_dump({"type": "request", "request": self._view(entry)}))
+        if self._on_request is not None:
+            try:
+                self._on_request(self._view(entry))
+            except Exception:
+                self.log.failure("notifying about request {request_id}", request_id=request_id)
 
     def _redeliver(self, link: Link, gateway: str, request_id: str, fingerprint: str) -> bool:
         """A re-sent id that is finished: re-send its decision, or ignore it."""
@@ -741,12 +782,14 @@ class Hub:
                     "pending": self.pending(),
                     "history": self.history(),
                     "gateways": self.gateways(),
+                    "sessions": self.live.sessions(),
                 }
             )
         )
 
     def reviewer_disconnected(self, link: Link) -> None:
         reviewer = self._reviewers.pop(link, None)
+        self._watching.pop(link, None)
         if reviewer is not None:
             self.log.info("reviewer {reviewer} disconnected", reviewer=reviewer)
 
@@ -770,6 +813,12 @@ class Hub:
                 link.send(
                     _dump({"type": "ack", "id": message.id, "ok": False, "error": message.why})
                 )
+        elif isinstance(message, Watch):
+            if message.session is None:
+                self._watching.pop(link, None)
+            else:
+                self._watching[link] = message.session
+                link.send(self._session_event(message.session))
         elif isinstance(message, Decide):
             error = self.decide(message.id, message.approved, message.reason, reviewer, now)
             ack: dict[str, Any] = {"type": "ack", "id": message.id, "ok": error is None}
@@ -831,6 +880,42 @@ class Hub:
             self.log.info("request {request_id} expired", request_id=request_id)
             self._record(entry, "expired", "expired", None, now)
         return due
+
+    # --- live sessions (embedded hub only) ------------------------------------------
+
+    def session_output(
+        self, session: str, data: bytes | None, size: tuple[int, int] | None = None
+    ) -> None:
+        """
+        What the target printed on a session channel (C{None}: it closed).
+
+        Only a gateway in this process calls this; nothing is sent until
+        L{flush_sessions}.
+        """
+        self.live.output(session, data, size)
+
+    def flush_sessions(self) -> None:
+        """Send watchers the screens that changed, and everyone the list if it did."""
+        changed, ended, listed = self.live.take_changes()
+        for link, session in list(self._watching.items()):
+            if session in changed or session in ended:
+                link.send(self._session_event(session, ended.get(session)))
+                if session in ended:
+                    del self._watching[link]
+        if listed:
+            self._broadcast(_dump({"type": "sessions", "sessions": self.live.sessions()}))
+
+    def _session_event(self, session: str, final: list[str] | None = None) -> str:
+        lines = self.live.lines(session)
+        live = lines is not None
+        return _dump(
+            {
+                "type": "session",
+                "session": session,
+                "live": live,
+                "lines": lines if live else (final or []),
+            }
+        )
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "the hub is stopping") -> None:
         for link in [*self._gateways, *self._reviewers]:
@@ -1049,6 +1134,8 @@ class HubService(MultiService):
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred | None = None
         self._expiry: task.LoopingCall | None = None
+        self.webhook: Webhook | None = None
+        self._flush: Any = None
 
         self.gateway_factory = _HubFactory(self, _GatewayProtocol, MAX_GATEWAY_MESSAGE)
         self.reviewer_factory = _HubFactory(self, _ReviewerProtocol, MAX_REVIEWER_MESSAGE)
@@ -1111,6 +1198,14 @@ class HubService(MultiService):
         )
         return port
 
+    def session_watch(
+        self, session: str, data: bytes | None, size: tuple[int, int] | None = None
+    ) -> None:
+        """A gateway in this process reports session output (see L{Hub.session_output})."""
+        self.hub.session_output(session, data, size)
+        if self._flush is None or not self._flush.active():
+            self._flush = self.reactor.callLater(SESSION_FLUSH_INTERVAL, self.hub.flush_sessions)
+
     def _tick(self) -> None:
         now = self.reactor.seconds()
         self.hub.expire(now)
@@ -1146,6 +1241,10 @@ class HubService(MultiService):
             listening.addErrback(lambda _: None)
             waits.append(listening.addCallback(lambda port: port and port.stopListening()))
         self.port = None
+        if self.webhook is not None:
+            self.webhook.stop()
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
         self.hub.close_all()
         waits.append(self._drop_connections())
         return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
@@ -1222,6 +1321,7 @@ def make_hub_service(
     *,
     history: int = DEFAULT_HISTORY,
     announce: Callable[[str], None] | None = _announce_to_stdout,
+    webhook: str | None = None,
 ) -> tuple[HubService, Hub, str]:
     """
     Build the hub: returns C{(service, hub, gateway_url)}.
@@ -1239,9 +1339,13 @@ def make_hub_service(
         the C{ws://} URL of C{/gateway} as reachable from this machine.
         With port 0 the port is bound at once, so the URL is known.
 
-    @raise ValueError: unusable endpoint description or token.
+    @param webhook: an http(s) URL the hub POSTs C{{"type": "request", ...R}}
+        to for every request that waits for review (L{Webhook}).
+
+    @raise ValueError: unusable endpoint description, token or webhook URL.
     """
     endpoint = serverFromString(reactor, listen)
+    notifier = Webhook(reactor, webhook) if webhook else None
     admin_token = None
     if reviewers is None:
         reviewers, admin_token = Reviewers.with_random_admin()
@@ -1250,10 +1354,11 @@ def make_hub_service(
         endpoint,
         reviewers,
         gateway_token,
-        hub=Hub(history_limit=history),
+        hub=Hub(history_limit=history, on_request=notifier and notifier.notify),
         admin_token=admin_token,
         announce=announce,
     )
+    service.webhook = notifier
     fixed = _static_address(endpoint)
     if fixed is None:
         failures: list = []

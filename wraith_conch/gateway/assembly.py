@@ -36,10 +36,13 @@ def build_forwarder(reactor, config) -> Forwarder:
     return Forwarder(connector, policy, proxied=config.proxy.kind is not ProxyKind.DIRECT)
 
 
-def build_gateway_factory(reactor, config, approver: IApprover) -> GatewayFactory:
+def build_gateway_factory(
+    reactor, config, approver: IApprover, session_watch=None
+) -> GatewayFactory:
     """
     The operator-facing SSH factory for a L{wraith_conch.config.Config},
-    with every command going to C{approver}.
+    with every command going to C{approver}; C{session_watch} sees all target
+    output (L{SessionSettings.session_watch}).
     """
 
     def connect(login: UpstreamLogin):
@@ -53,6 +56,7 @@ def build_gateway_factory(reactor, config, approver: IApprover) -> GatewayFactor
         on_mismatch=config.on_mismatch,
         forwarder=build_forwarder(reactor, config) if config.forwarding else None,
         record_dir=config.record_dir,
+        session_watch=session_watch,
     )
     realm = GatewayRealm(settings, connect, identity_key=config.target_identity)
     if config.auth == "passthrough":

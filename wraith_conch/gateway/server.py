@@ -7,10 +7,14 @@ what a session does, which is the audit trail's job).
 
 from __future__ import annotations
 
+import signal
+
+from twisted.application.service import Service
 from twisted.conch.ssh import factory, keys, transport, userauth
 from twisted.conch.ssh.common import getNS
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wraith_conch.algorithms import no_delay, prefer_fast_algorithms
@@ -110,9 +114,11 @@ class GatewayTransport(transport.SSHServerTransport):
         # Keystrokes and held Enters are tiny writes: without this, Nagle and
         # delayed ACKs add ~40 ms to every approved command.
         no_delay(self.transport)
+        self.factory.live.add(self)
         super().connectionMade()
 
     def connectionLost(self, reason=None) -> None:
+        self.factory.live.discard(self)
         super().connectionLost(reason)
         duration = self.factory.reactor.seconds() - self._opened_at
         self._log.info(
@@ -142,6 +148,8 @@ class GatewayFactory(factory.SSHFactory):
         max_auth_attempts: int = 6,
     ) -> None:
         self.reactor = reactor
+        # Open operator connections, for a graceful shutdown.
+        self.live: set[GatewayTransport] = set()
         self.portal = portal
         self.host_key = host_key
         self.max_auth_attempts = max_auth_attempts
@@ -155,3 +163,47 @@ class GatewayFactory(factory.SSHFactory):
         # No moduli file: the Diffie-Hellman group-exchange kex is left out
         # and curve25519 / ecdh are used, as every current client prefers.
         return None
+
+
+SHUTDOWN_MESSAGE = "wraith: the gateway is shutting down"
+
+
+class GracefulShutdown(Service):
+    """
+    On stop (SIGTERM, SIGINT): tell every connected operator, give sessions
+    C{drain} seconds to finish what is in flight, then disconnect them.
+    Pending approvals are denied by the approval client's own stop.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, factory: GatewayFactory, drain: float = 2.0) -> None:
+        self._reactor = reactor
+        self._factory = factory
+        self._drain = drain
+
+    def stopService(self):
+        super().stopService()
+        # twistd re-raises SIGTERM/SIGINT after the reactor stops, so the
+        # process would die by that signal; a stop that drained its sessions
+        # is a clean exit.  (_exitSignal is Twisted's private record of it.)
+        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self._reactor._exitSignal = None
+        connections = list(self._factory.live)
+        if not connections:
+            return None
+        self._log.info(
+            "shutting down: {count} operator connection(s) to close", count=len(connections)
+        )
+        for connection in connections:
+            avatar = getattr(connection, "avatar", None)
+            if avatar is not None:
+                avatar.announce(SHUTDOWN_MESSAGE)
+        return deferLater(self._reactor, self._drain, self._disconnect, connections)
+
+    def _disconnect(self, connections) -> None:
+        for connection in connections:
+            if connection.transport is not None and connection in self._factory.live:
+                connection.sendDisconnect(
+                    transport.DISCONNECT_BY_APPLICATION, SHUTDOWN_MESSAGE.encode()
+                )

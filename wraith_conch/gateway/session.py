@@ -90,6 +90,10 @@ class SessionSettings:
     forwarder: object | None = None
     # asciicast recordings of PTY channels go here when set.
     record_dir: str | None = None
+    # In-process observer of target output (the embedded hub's live view):
+    # called with (session, bytes, (columns, rows) or None) for each chunk,
+    # and (session, None, None) when the channel closes.
+    session_watch: Callable[[str, bytes | None, tuple[int, int] | None], None] | None = None
 
 
 @implementer(IApprover)
@@ -188,6 +192,7 @@ class SessionChannel(RelayChannel):
         self.terminal_type = "xterm"
         self.recorder: SessionRecorder | None = None
         self.gate: ShellGate | PipeGate | None = None
+        self._watched = False
         self._eof_early = False
         # Input waits until the command started (and, for a shell, the gate is in place).
         self._input_ready = False
@@ -428,6 +433,11 @@ class SessionChannel(RelayChannel):
     def relay_data(self, data: bytes) -> None:
         if self.recorder is not None:
             self.recorder.output(data)
+        watch = self.avatar.settings.session_watch
+        if watch is not None:
+            self._watched = True
+            size = _sane_size(*self.terminal_size) if self.terminal_size else None
+            watch(f"{self.avatar.session_id}.{self.id}", data, size)
         # Target output: the gate's screen model sees what the operator sees,
         # after the operator, so that what the gate prints in answer (the
         # waiting notice once the echo of a held line arrives) follows it.
@@ -478,6 +488,8 @@ class SessionChannel(RelayChannel):
             self.gate.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self._watched:
+            self.avatar.settings.session_watch(f"{self.avatar.session_id}.{self.id}", None, None)
         pending, self._pending_request = self._pending_request, None
         if pending is not None:
             self.avatar.approver.cancel(pending.id, "session closed")
@@ -536,6 +548,12 @@ class GatewayAvatar(ConchUser):
             return channel
 
         return d.addCallback(connected)
+
+    def announce(self, message: str) -> None:
+        """One line to every open session channel of this operator (stderr)."""
+        for channel in list(getattr(self.conn, "channels", {}).values()):
+            if isinstance(channel, SessionChannel):
+                channel._explain(message)
 
     # -- the operator's own session events (wraith-control:0) -------------------
 

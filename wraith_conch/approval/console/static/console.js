@@ -17,6 +17,7 @@
     socket: null,
     attempt: 0,
     opened: false,
+    watching: null, // the session whose screen is shown
   };
 
   function $(id) {
@@ -305,6 +306,8 @@
         for (const request of message.pending || []) addPending(request);
         for (const entry of message.history || []) addHistory(entry);
         showGateways(message.gateways || []);
+        showSessions(message.sessions || []);
+        if (state.watching) watch(state.watching);
         setStatus("live", "live");
         break;
       case "request":
@@ -316,6 +319,12 @@
         break;
       case "gateways":
         showGateways(message.gateways || []);
+        break;
+      case "sessions":
+        showSessions(message.sessions || []);
+        break;
+      case "session":
+        showScreen(message);
         break;
       case "ack": {
         const entry = state.pending.get(message.id);
@@ -331,6 +340,51 @@
       default:
         break;
     }
+  }
+
+  // --- live sessions: read only, the socket has no way to send input ----------------
+
+  function watch(session) {
+    state.watching = session;
+    const socket = state.socket;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "watch", session: session }));
+    }
+    $("live-view").hidden = session === null;
+    $("live-session").textContent = "";
+    if (session !== null) $("live-session").appendChild(shown(session, false));
+  }
+
+  function showSessions(sessions) {
+    const list = $("live-sessions");
+    list.textContent = "";
+    for (const session of sessions) {
+      const item = el("li", "live-session");
+      item.dataset.session = session;
+      item.appendChild(el("code", null, session, false));
+      const button = el("button", "watch", "Watch");
+      button.type = "button";
+      button.addEventListener("click", function () {
+        watch(session);
+      });
+      item.appendChild(button);
+      list.appendChild(item);
+    }
+    $("live-count").textContent = String(sessions.length);
+    $("live-section").hidden = sessions.length === 0 && state.watching === null;
+  }
+
+  function showScreen(message) {
+    if (message.session !== state.watching) return;
+    const pre = $("live-screen");
+    pre.textContent = "";
+    (message.lines || []).forEach(function (line, i) {
+      if (i) pre.appendChild(document.createTextNode("\n"));
+      pre.appendChild(shown(line, false));
+    });
+    const status = $("live-state");
+    status.textContent = message.live ? "live" : "ended";
+    status.className = "live-state " + (message.live ? "on" : "off");
   }
 
   function showGateways(gateways) {
@@ -405,6 +459,10 @@
   document.addEventListener("DOMContentLoaded", function () {
     updateCounts();
     $("history").hidden = true;
+    $("live-close").addEventListener("click", function () {
+      watch(null);
+      $("live-section").hidden = $("live-sessions").children.length === 0;
+    });
     connect();
     setInterval(tick, 1000);
   });
