@@ -41,6 +41,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    "--disable-quic",
+    # Chromium looks names up itself (its own services, even with the flags
+    # above), which would send DNS queries off loopback: resolve nothing but
+    # the console's address.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 STEP_TIMEOUT_MS = 15_000
 
