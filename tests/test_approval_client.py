@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -31,12 +30,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.polling import wait_until
 from wraith_conch.approval.client import (
     RETRY_FIRST_DELAY,
     RETRY_MAX_DELAY,
@@ -50,20 +49,6 @@ from wraith_conch.approval.protocol import SUBPROTOCOL
 
 TOKEN = "tok-3b9f0c1e-never-log-me"
 FAST_RETRY = 0.05
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> defer.Deferred:
-    """Poll C{predicate} on the real reactor; fail after C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-    loop = LoopingCall(check)
-    return loop.start(0.01, now=True)
 
 
 def make_request(clock, command: str = "rm -rf /var/tmp/cache", timeout: float = 30.0, **kw):

@@ -35,12 +35,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from tests.polling import wait_until
 from wraith_conch.approval.client import ApprovalClient
 from wraith_conch.approval.hub import (
     CLOSE_POLICY,
@@ -60,20 +60,6 @@ BOB_TOKEN = "bob-token-8a7f3e21-never-log-me"
 CAROL_TOKEN = "carol-token-61c2d9aa-never-log-me"
 CAROL_PASSWORD = "carol-pw-never-log-me"
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> defer.Deferred:
-    """Poll C{predicate} on the real reactor; fail after C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-    loop = LoopingCall(check)
-    return loop.start(0.01, now=True)
 
 
 def sleep(seconds: float) -> defer.Deferred:

@@ -120,8 +120,7 @@ from wraith_conch.approval.protocol import (
     Ignored,
     _brief,
     _dump,
-    _no_duplicate_keys,
-    _reject_constant,
+    load_frame_object,
     pong_frame,
 )
 from wraith_conch.approval.reviewers import Reviewers
@@ -273,27 +272,6 @@ GatewayMessage = (
 )
 
 
-def _load_object(payload: bytes | str, is_binary: bool) -> dict[str, Any] | Ignored:
-    if is_binary:
-        return Ignored("binary frame")
-    if isinstance(payload, bytes | bytearray | memoryview):
-        try:
-            text = bytes(payload).decode("utf-8")
-        except UnicodeDecodeError:
-            return Ignored("text frame is not UTF-8")
-    else:
-        text = payload
-    try:
-        message = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
-    except (ValueError, RecursionError):
-        return Ignored("not a JSON object")
-    if not isinstance(message, dict):
-        return Ignored(f"JSON {type(message).__name__}, not an object")
-    return message
-
-
 def _request_id(message: dict[str, Any]) -> str | None:
     request_id = message.get("id")
     if isinstance(request_id, str) and _ID.fullmatch(request_id):
@@ -369,7 +347,7 @@ def parse_gateway_frame(payload: bytes | str, is_binary: bool) -> GatewayMessage
     fields of the wrong type, is a L{BadRequest}: the hub denies it rather
     than leave the operator waiting for a timeout.
     """
-    message = _load_object(payload, is_binary)
+    message = load_frame_object(payload, is_binary)
     if isinstance(message, Ignored):
         return message
     kind = message.get("type")
@@ -444,7 +422,7 @@ def parse_reviewer_frame(
     payload: bytes | str, is_binary: bool
 ) -> Decide | Watch | PingMessage | Refused:
     """Read one frame from a reviewer; anything but C{decide}, C{watch} or C{ping} is L{Refused}."""
-    message = _load_object(payload, is_binary)
+    message = load_frame_object(payload, is_binary)
     if isinstance(message, Ignored):
         return Refused(message.why)
     kind = message.get("type")

@@ -103,17 +103,12 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse_service_frame(payload: bytes | str, is_binary: bool) -> ServiceMessage | Ignored:
+def load_frame_object(payload: bytes | str, is_binary: bool) -> dict[str, Any] | Ignored:
     """
-    Read one frame from the approval service.
-
-    Returns L{DecisionMessage}, L{Ping} or L{Pong} for a valid frame and
-    L{Ignored} for anything else -- including a C{decision} whose value is
-    not exactly C{"approve"} or C{"deny"}, or whose C{id}, C{reason} or
-    C{reviewer} has the wrong type.  Unknown extra fields are allowed.  An
-    absent or C{null} C{reason} reads as C{""} and an absent or C{null}
-    C{reviewer} as C{None}.  Never raises: the caller's only job with junk
-    is to log it.
+    The JSON object in one WebSocket frame, or L{Ignored} saying why not:
+    binary frames, text that is not UTF-8, not JSON (NaN and Infinity
+    included), an object that repeats a key, or JSON that is not an object.
+    Both ends of the protocol read frames with this.  Never raises.
     """
     if is_binary:
         return Ignored("binary frame")
@@ -136,6 +131,24 @@ def parse_service_frame(payload: bytes | str, is_binary: bool) -> ServiceMessage
         return Ignored("not JSON")
     if not isinstance(message, dict):
         return Ignored(f"JSON {type(message).__name__}, not an object")
+    return message
+
+
+def parse_service_frame(payload: bytes | str, is_binary: bool) -> ServiceMessage | Ignored:
+    """
+    Read one frame from the approval service.
+
+    Returns L{DecisionMessage}, L{Ping} or L{Pong} for a valid frame and
+    L{Ignored} for anything else -- including a C{decision} whose value is
+    not exactly C{"approve"} or C{"deny"}, or whose C{id}, C{reason} or
+    C{reviewer} has the wrong type.  Unknown extra fields are allowed.  An
+    absent or C{null} C{reason} reads as C{""} and an absent or C{null}
+    C{reviewer} as C{None}.  Never raises: the caller's only job with junk
+    is to log it.
+    """
+    message = load_frame_object(payload, is_binary)
+    if isinstance(message, Ignored):
+        return message
     kind = message.get("type")
     if kind is None:
         return Ignored("no type")
