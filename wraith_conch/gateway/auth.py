@@ -38,23 +38,48 @@ from wraith_conch.gateway.authorized_keys import (
 from wraith_conch.upstream.client import UpstreamAuthFailed, UpstreamConnection, UpstreamLogin
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
-# The user name is also the login name at the target and appears in logs
-# and approval requests, so keep it to what a Unix login name can be (plus
-# the @ and % a later issue uses to pick a target).
 _log = Logger()
 
-_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@%+-]{0,63}$")
+# The user name is also the login name at the target and appears in logs
+# and approval requests, so keep it to what a Unix login name can be.
+_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$")
+# A target alias from --targets, after the user name: alice@db1 or alice%db1.
+_TARGET_ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 
-def decode_user_name(raw: bytes) -> str:
-    """The operator's user name, or L{UnauthorizedLogin} if it is not a sane one."""
+@attrs.frozen
+class LoginName:
+    """
+    What the operator typed as the SSH user name, split: C{alice@db1}
+    (C{ssh -l alice@db1 gw}) and C{alice%db1} (C{ssh alice%db1@gw}) are user
+    C{alice} on the target named C{db1}; a bare C{alice} has no target
+    (the default C{--target}).
+    """
+
+    user: str
+    target: str | None = None
+
+
+def decode_login_name(raw: bytes) -> LoginName:
+    """The operator's L{LoginName}, or L{UnauthorizedLogin} if it is not a sane one."""
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UnauthorizedLogin("user name is not UTF-8") from None
-    if not _USER_NAME.match(name):
+    user, separator, alias = _split_at_separator(name)
+    if not _USER_NAME.match(user):
         raise UnauthorizedLogin("user name has characters a login name cannot have")
-    return name
+    if separator and not _TARGET_ALIAS.match(alias):
+        raise UnauthorizedLogin("target name has characters a target alias cannot have")
+    return LoginName(user=user, target=alias if separator else None)
+
+
+def _split_at_separator(name: str) -> tuple[str, str, str]:
+    at = [i for i in (name.find("@"), name.find("%")) if i >= 0]
+    if not at:
+        return name, "", ""
+    i = min(at)
+    return name[:i], name[i], name[i + 1 :]
 
 
 @attrs.frozen
@@ -64,6 +89,8 @@ class OperatorIdentity:
     user: str
     client: str
     method: str
+    #: The --targets alias the operator asked for (C{alice@db1}); None: --target.
+    target: str | None = None
     key_fingerprint: str | None = None
     options: KeyOptions = attrs.field(factory=KeyOptions)
     upstream: UpstreamConnection | None = attrs.field(default=None, eq=False, repr=False)
@@ -122,7 +149,8 @@ class AuthorizedKeysChecker:
         return defer.maybeDeferred(self._check, credentials)
 
     def _check(self, credentials) -> OperatorIdentity:
-        user = decode_user_name(credentials.username)
+        login = decode_login_name(credentials.username)
+        user = login.user
         client = credentials.client_address
         entry = self._keys_for(user).match(credentials.blob, _host_of(client), self._now())
         if entry is None:
@@ -142,6 +170,7 @@ class AuthorizedKeysChecker:
             user=user,
             client=client,
             method="publickey",
+            target=login.target,
             key_fingerprint=sha256_fingerprint(key),
             options=entry.options,
         )
@@ -186,14 +215,17 @@ class PassthroughChecker:
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         try:
-            user = decode_user_name(credentials.username)
+            login = decode_login_name(credentials.username)
         except UnauthorizedLogin as e:
             return defer.fail(e)
+        user = login.user
         client = credentials.client_address
         d = self._connect(UpstreamLogin(user=user, password=credentials.password))
 
         def accepted(upstream: UpstreamConnection) -> OperatorIdentity:
-            return OperatorIdentity(user=user, client=client, method="password", upstream=upstream)
+            return OperatorIdentity(
+                user=user, client=client, method="password", target=login.target, upstream=upstream
+            )
 
         def refused(failure):
             failure.trap(UpstreamAuthFailed)

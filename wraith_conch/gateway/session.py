@@ -29,6 +29,7 @@ from twisted.conch.error import ConchError
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, session
 from twisted.conch.ssh.common import NS, getNS
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -629,6 +630,9 @@ class GatewayRealm:
     def requestAvatar(self, avatarId: OperatorIdentity, mind, *interfaces):
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH avatars")
+        if avatarId.target is not None:
+            # Named targets need --targets; fail closed until routed.
+            return defer.fail(UnauthorizedLogin(f"unknown target {avatarId.target!r}"))
         if avatarId.upstream is not None:
             d = defer.succeed(avatarId.upstream)
         else:
