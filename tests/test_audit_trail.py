@@ -256,6 +256,36 @@ class TrailFileTests(SynchronousTestCase):
         with self.assertRaises(AuditError):
             trail.record_cancel("x", "y")
 
+    def test_rename_rotation_is_followed(self) -> None:
+        # logrotate without copytruncate: rename, then (maybe) create.
+        trail = self.trail()
+        trail.record_cancel("before", "test")
+        os.rename(self.path, self.path + ".1")
+        trail.record_cancel("after-rename", "test")
+        os.rename(self.path, self.path + ".2")
+        with open(self.path, "w"):
+            pass
+        os.chmod(self.path, 0o644)  # what logrotate's "create 0644" would make
+        trail.record_cancel("after-create", "test")
+        self.assertEqual([r["id"] for r in read_records(self.path + ".1")], ["before"])
+        self.assertEqual([r["id"] for r in read_records(self.path + ".2")], ["after-rename"])
+        self.assertEqual([r["id"] for r in read_records(self.path)], ["after-create"])
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_rotation_to_something_unsafe_refuses_the_record(self) -> None:
+        trail = self.trail()
+        trail.record_cancel("before", "test")
+        os.rename(self.path, self.path + ".1")
+        os.symlink(os.path.join(self.dir, "elsewhere"), self.path)
+        with self.assertRaises(AuditError):
+            trail.record_cancel("after", "test")
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "elsewhere")))
+        # Once the path is sane again, records flow (into a new file).
+        os.unlink(self.path)
+        trail.record_cancel("later", "test")
+        self.assertEqual([r["id"] for r in read_records(self.path)], ["later"])
+        self.assertEqual([r["id"] for r in read_records(self.path + ".1")], ["before"])
+
     def test_every_record_is_fsynced_before_returning(self) -> None:
         trail = self.trail()
         calls = []

@@ -177,9 +177,10 @@ class AuditTrail:
         Append C{record} as one line and C{fsync} it; returns only once it is
         durable.  Raises L{AuditError} if it is not (the caller must deny).
         """
-        fd = self._fd
-        if fd is None:
+        if self._fd is None:
             raise AuditError(f"audit trail {self.path}: closed")
+        self._follow_rotation()
+        fd = self._fd
         line = (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
         try:
             before = os.fstat(fd).st_size
@@ -251,6 +252,30 @@ class AuditTrail:
     ) -> dict:
         """The request is void (Ctrl-C, session closed)."""
         return self.record("cancel", request, request_id=request_id, reason=reason)
+
+    def _follow_rotation(self) -> None:
+        """
+        If the path no longer names the open file (logrotate renamed it, with
+        or without C{create}), open the path afresh before writing, so rotation
+        needs neither C{copytruncate} (which can lose a record) nor a restart.
+        The renamed file has every record up to now; it was fsynced per record.
+        """
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+            opened = os.fstat(self._fd)
+        except FileNotFoundError:
+            current = None
+        except OSError as e:
+            raise self._fail("cannot check for rotation", e) from None
+        if current is not None and (current.st_dev, current.st_ino) == (
+            opened.st_dev,
+            opened.st_ino,
+        ):
+            return
+        old = self._fd
+        self._open()  # raises AuditError (the caller denies) and keeps the old fd
+        os.close(old)
+        self._log.info("audit trail {path} was rotated; writing a new file", path=self.path)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
