@@ -169,6 +169,35 @@ class IApprover(Interface):
     description = Attribute("One line naming the service, for logs and the operator.")
 
 
+#: C{reviewer} of decisions the gateway made itself (see L{IGatewayDecisions}).
+GATEWAY_REVIEWER = "gateway"
+
+
+class IGatewayDecisions(Interface):
+    """
+    An approver that also keeps a record of what the gateway decided without
+    asking it: the audit trail must hold every command that was refused, not
+    only those a reviewer saw.
+    """
+
+    def record_gateway_decision(request: CommandRequest, decision: Decision, asked: bool) -> None:
+        """
+        The gateway decided C{request} itself.  C{asked} false: the request
+        never went to the approver (a malformed command, C{--on-mismatch
+        deny}), so it is recorded as well as the decision.  C{asked} true: the
+        approver's decision on it was replaced (an approved line changed on
+        screen before it could run), and only the new decision is recorded.
+        """
+
+
+def record_gateway_decision(
+    approver: object, request: CommandRequest, decision: Decision, *, asked: bool
+) -> None:
+    """Tell C{approver} of a decision the gateway made, if it keeps such records."""
+    if IGatewayDecisions.providedBy(approver):
+        approver.record_gateway_decision(request, decision, asked)
+
+
 def denial_from_failure(failure) -> Decision:
     """Map any errback of L{IApprover.request_decision} to a denial."""
     return Decision.deny(f"approval failed: {failure.getErrorMessage()}")

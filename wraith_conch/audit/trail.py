@@ -35,6 +35,7 @@ from wraith_conch.approval.interfaces import (
     CommandRequest,
     Decision,
     IApprover,
+    IGatewayDecisions,
     Risk,
     denial_from_failure,
 )
@@ -287,7 +288,7 @@ class AuditTrail:
         return self._fd is None
 
 
-@implementer(IApprover)
+@implementer(IApprover, IGatewayDecisions)
 class AuditingApprover:
     """
     An L{IApprover} that scores, applies a policy and records, around another.
@@ -396,6 +397,27 @@ class AuditingApprover:
                 if decision.approved:
                     return Decision.deny("the audit trail cannot be written")
         return decision
+
+    def record_gateway_decision(
+        self, request: CommandRequest, decision: Decision, asked: bool
+    ) -> None:
+        """
+        Record what the gateway decided without the approver (always a
+        denial in practice).  A record that cannot be written is logged: the
+        command is refused either way.
+        """
+        if self._trail is None:
+            return
+        try:
+            if not asked:
+                self._trail.record_request(self._score(request))
+            self._trail.record_decision(request, decision)
+        except AuditError as e:
+            self._log.error(
+                "gateway decision on {request_id} not recorded: {error}",
+                request_id=request.id,
+                error=str(e),
+            )
 
     def cancel(self, request_id: str, reason: str) -> None:
         request = self._pending.get(request_id)

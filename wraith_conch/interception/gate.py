@@ -42,10 +42,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wraith_conch.approval.interfaces import (
+    GATEWAY_REVIEWER,
     CommandRequest,
     Decision,
     IApprover,
     denial_from_failure,
+    record_gateway_decision,
 )
 from wraith_conch.interception.linebuffer import Forward, Interrupt, LineBuffer, Refused, Submit
 from wraith_conch.interception.screen import Screen
@@ -275,9 +277,12 @@ class ShellGate:
         self._pending = request
         self._state = _State.PENDING
         if mismatch and self._on_mismatch == "deny":
-            decided = defer.succeed(
-                Decision.deny("the line on screen differs from the keys typed (--on-mismatch deny)")
+            denial = Decision.deny(
+                "the line on screen differs from the keys typed (--on-mismatch deny)",
+                reviewer=GATEWAY_REVIEWER,
             )
+            record_gateway_decision(self._approver, request, denial, asked=False)
+            decided = defer.succeed(denial)
         else:
             self._show_waiting()
             decided = self._approver.request_decision(request)
@@ -313,7 +318,10 @@ class ShellGate:
         if decision.approved:
             now = self.screen.read_input_line().text
             if now != request.command:
-                decision = Decision.deny("the line changed while it waited for approval")
+                decision = Decision.deny(
+                    "the line changed while it waited for approval", reviewer=GATEWAY_REVIEWER
+                )
+                record_gateway_decision(self._approver, request, decision, asked=True)
                 self._on_decision(request, decision)
         self._hide_waiting()
         if decision.approved:
