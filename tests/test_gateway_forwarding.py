@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 
-from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.internet import defer, error, protocol, reactor, task, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -79,6 +79,10 @@ def loopback_policy(base: str, ports: list[int]) -> str:
     return path
 
 
+#: Seconds an C{ssh -N} gets to exit on SIGTERM before it is killed.
+STOP_GRACE = 5.0
+
+
 class ForwardingSSH:
     """An C{ssh -N} holding forwards open, stopped by the test."""
 
@@ -98,7 +102,24 @@ class ForwardingSSH:
     def stop(self):
         if not self.ended.called:
             self.process.signalProcess("TERM")
+            # OpenSSH 9.2's client can miss a SIGTERM that lands while it
+            # handles a failed channel open (seen under load): then KILL.
+            killer = reactor.callLater(STOP_GRACE, self._kill)
+
+            def ended(result):
+                if killer.active():
+                    killer.cancel()
+                return result
+
+            self.ended.addBoth(ended)
         return self.ended
+
+    def _kill(self) -> None:
+        if not self.ended.called:
+            try:
+                self.process.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
 
 
 def exchange(port: int, payload: bytes, family=socket.AF_INET, host="127.0.0.1") -> bytes:
