@@ -1,6 +1,8 @@
 """
-Benchmarks of the gateway against real components (a real sshd, a real
-WebSocket approval service, a real SSH client library).
+Benchmarks of the gateway against real components (a real sshd, real
+OpenSSH clients, a real WebSocket approval service), each figure compared
+with direct OpenSSH in the same run.
 
-Run them from the repository root, e.g. C{python -m benchmarks.approval}.
+Run them from the repository root, as root: C{python -m benchmarks}
+(L{benchmarks.suite}); see docs/performance.md.
 """

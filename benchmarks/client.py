@@ -16,6 +16,16 @@ import paramiko
 now = time.perf_counter_ns
 
 CONNECT_TIMEOUT = 10.0
+
+# The same algorithms on both paths, and the ones the OpenSSH clients of
+# the suite are pinned to (benchmarks.infra): aes128-ctr, hmac-sha2-256 and
+# curve25519-sha256 key exchange.
+_KEX = "curve25519-sha256"
+PINNED = {
+    "ciphers": [c for c in paramiko.Transport._preferred_ciphers if c != "aes128-ctr"],
+    "macs": [m for m in paramiko.Transport._preferred_macs if m != "hmac-sha2-256"],
+    "kex": [k for k in paramiko.Transport._preferred_kex if k not in (_KEX, _KEX + "@libssh.org")],
+}
 READ_CHUNK = 65536
 
 
@@ -50,6 +60,7 @@ class Shell:
                 timeout=CONNECT_TIMEOUT,
                 banner_timeout=CONNECT_TIMEOUT,
                 auth_timeout=CONNECT_TIMEOUT,
+                disabled_algorithms=PINNED,
             )
             self.channel = self._client.invoke_shell(term="xterm", width=width, height=height)
         except BaseException:

@@ -94,10 +94,16 @@ def ssh_forward(port: int, key: str, known_hosts: str, user: str, local: int, si
         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
         "-o", f"Ciphers={CIPHER}", "-o", f"MACs={MAC}", "-o", "ExitOnForwardFailure=yes",
+        "-o", "KexAlgorithms=curve25519-sha256",
         "-L", f"{local}:127.0.0.1:{sink}", f"{user}@127.0.0.1",
     ]  # fmt: skip
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    wait_port(local)
+    # A session of its own: the suite stops it by its process group.
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port(local)
+    except BaseException:
+        stop(process)
+        raise
     return process
 
 

@@ -78,3 +78,24 @@ class AutoApproveService:
         if port is not None:
             return port.stopListening()
         return None
+
+
+def main() -> int:
+    """
+    C{python -m benchmarks.service}: serve on 127.0.0.1 in a process of its
+    own, print the URL on one line, and run until SIGTERM or C{MAX_SECONDS}.
+    """
+
+    from twisted.internet import reactor
+
+    service = AutoApproveService(reactor)
+    print(service.listen(), flush=True)
+    reactor.callLater(MAX_SECONDS, reactor.stop)  # never outlive a forgotten run
+    reactor.run()
+    return 0
+
+
+MAX_SECONDS = 3600.0
+
+if __name__ == "__main__":
+    raise SystemExit(main())
