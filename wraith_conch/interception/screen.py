@@ -163,21 +163,82 @@ class _Mark:
     broken: str | None = None  # why the position can no longer be trusted
 
 
+# No character below U+1100 is double width: wcwidth() is asked about the others only.
+_FIRST_WIDE = "\u1100"
+
+
 def _cell_texts(row: _Row | None, columns: int) -> list[str]:
     """One string per column: what that cell shows ("" for the right half of a wide char)."""
     if not row:
         return [" "] * columns
+    if row.default.data != " ":
+        return _cell_texts_by_column(row, columns)
+    # Only the cells the row holds: the request's screen context renders
+    # every row, and most cells of a row are never written.
+    out = [" "] * columns
+    for x, char in row.items():
+        if 0 <= x < columns:
+            out[x] = char.data
+    text = "".join(out)
+    if len(text) == columns and text.isascii():
+        return out  # one character per cell, none wide and no stubs
+    out = [" "] * columns
+    wide_at = -2  # the column of the last double-width character
+    for x, char in sorted(row.items()):
+        if x >= columns:
+            break
+        if x < 0:
+            continue
+        data = char.data
+        if not data:  # pyte's stub after a wide character
+            out[x] = "" if wide_at == x - 1 else " "
+            continue
+        out[x] = data
+        if data[0] >= _FIRST_WIDE and wcwidth(data[0]) == 2:
+            wide_at = x
+    return out
+
+
+def _cell_texts_by_column(row: _Row, columns: int) -> list[str]:
+    """L{_cell_texts} reading every column, for a row whose blank is not a space."""
     out: list[str] = []
     previous_wide = False
     for x in range(columns):
         data = row[x].data
-        if not data:  # pyte's stub after a wide character
+        if not data:
             out.append("" if previous_wide else " ")
             previous_wide = False
             continue
         out.append(data)
         previous_wide = wcwidth(data[0]) == 2
     return out
+
+
+# Cells are immutable (a character and its style), so equal cells are shared:
+# a pyte cell is a 9-field tuple, and one per character written made a full
+# 80x24 screen ~250 KiB, the whole per-session memory budget.  Shared by all
+# screens of the process; bounded, and emptied when full (nothing depends on
+# a cell's identity, so a cell made again is just another equal tuple).
+_CELLS_BY_STYLE: dict[tuple, dict[str, Char]] = {}
+_MAX_STYLES = 256
+_MAX_CELLS_PER_STYLE = 4096
+
+
+def _interned_cells(style: tuple) -> dict[str, Char]:
+    cells = _CELLS_BY_STYLE.get(style)
+    if cells is None:
+        if len(_CELLS_BY_STYLE) >= _MAX_STYLES:
+            _CELLS_BY_STYLE.clear()
+        cells = _CELLS_BY_STYLE[style] = {}
+    return cells
+
+
+def _intern_cell(cells: dict[str, Char], char: str, style: tuple) -> Char:
+    if len(cells) >= _MAX_CELLS_PER_STYLE:
+        cells.clear()
+    # tuple.__new__: ``attrs._replace(data=...)`` per character was the hot spot.
+    cell = cells[char] = tuple.__new__(Char, (char, *style))
+    return cell
 
 
 class _Terminal(pyte.Screen):
@@ -212,7 +273,7 @@ class _Terminal(pyte.Screen):
         autowrap = mo.DECAWM in self.mode
         insert = mo.IRM in self.mode
         style = tuple(cursor.attrs)[1:]
-        new_cell = tuple.__new__  # ``attrs._replace(data=...)`` per character is the hot spot
+        cells = _interned_cells(style)
         row = self.buffer[cursor.y]
         for char in data:
             width = 1 if " " <= char <= "~" else wcwidth(char)
@@ -235,9 +296,13 @@ class _Terminal(pyte.Screen):
             old = row.get(x)
             if old is not None and (not old.data or old.data[0] > "~") or width == 2:
                 self._clear_wide_remnants(row, x, width)
-            row[x] = new_cell(Char, (char, *style))
+            cell = cells.get(char)
+            if cell is None:
+                cell = _intern_cell(cells, char, style)
+            row[x] = cell
             if width == 2 and x + 1 < columns:
-                row[x + 1] = new_cell(Char, ("", *style))
+                stub = cells.get("")
+                row[x + 1] = stub if stub is not None else _intern_cell(cells, "", style)
             cursor.x = min(x + width, columns)
         self.dirty.add(cursor.y)
 
@@ -791,10 +856,10 @@ class Screen:
     def last_screenful(self) -> list[str]:
         """The rows on display, trailing blanks stripped: context for reviewers."""
         term = self._term
-        return [
-            "".join(_cell_texts(term.buffer.get(y), term.columns)).rstrip()
-            for y in range(term.lines)
-        ]
+        columns = term.columns
+        rows = (term.buffer.get(y) for y in range(term.lines))
+        # A row never written (or emptied) shows blanks only: "" without rendering it.
+        return ["".join(_cell_texts(row, columns)).rstrip() if row else "" for row in rows]
 
     # -- the input line ------------------------------------------------------------------
 
