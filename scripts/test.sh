@@ -30,6 +30,9 @@ APT_PACKAGES=(
     chromium
     # fail2ban-regex checks the shipped filters against real log output.
     fail2ban
+    # TLS listeners: a certificate, ssh through s_client, curl against --stealth.
+    openssl
+    curl
 )
 # Only when the interpreter has no pip (Debian's own python3).
 PIP_APT_PACKAGES=(python3-pip python3-venv)

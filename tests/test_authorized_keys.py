@@ -1,6 +1,7 @@
 """
 The C{authorized_keys} parser: every key type, option and error, C{from=}
-matching as sshd does it, and certificate lines skipped, not trusted.
+matching as sshd does it, certificate lines skipped, and cert-authority
+lines kept apart from login keys.
 
 Keys come from C{cryptography} (fast, OpenSSH's own text form) and, where
 the point is "what OpenSSH writes", from the real C{ssh-keygen}.
@@ -806,7 +807,7 @@ class CertificateTests(unittest.SynchronousTestCase):
         with open(os.path.join(self.base, user + "-cert.pub")) as f:
             return f.read().strip()
 
-    def test_certificate_lines_are_skipped(self):
+    def test_certificate_lines_are_skipped_and_ca_lines_kept_apart(self):
         ca = self.keygen("ca")
         user = self.keygen("user")
         user_ecdsa = self.keygen("user2", "ecdsa")
@@ -818,29 +819,36 @@ class CertificateTests(unittest.SynchronousTestCase):
         result = parse(
             f"# certs\n{cert}\n{other} plain\nno-pty {cert_ecdsa}\n"
             f'cert-authority,principals="alice" {ca}\n'
-            f"CERT-AUTHORITY {other}\n"
+            f'CERT-AUTHORITY,from="10.0.0.0/8" {other}\n'
         )
+        hint = "certificates are not keys (trust their CA with a cert-authority line); line ignored"
         self.assertEqual(
             result.skipped,
             (
-                SkippedLine(
-                    2,
-                    "ssh-ed25519-cert-v01@openssh.com certificates are not supported yet; line ignored",
-                ),
-                SkippedLine(
-                    4,
-                    "ecdsa-sha2-nistp256-cert-v01@openssh.com certificates are not supported yet; line ignored",
-                ),
-                SkippedLine(5, "cert-authority keys are not supported yet; line ignored"),
-                SkippedLine(6, "cert-authority keys are not supported yet; line ignored"),
+                SkippedLine(2, f"ssh-ed25519-cert-v01@openssh.com {hint}"),
+                SkippedLine(4, f"ecdsa-sha2-nistp256-cert-v01@openssh.com {hint}"),
             ),
         )
-        self.assertEqual([(e.lineno, e.comment) for e in result.entries], [(3, "plain")])
+        self.assertEqual(
+            [(e.lineno, e.comment, e.cert_authority) for e in result.entries],
+            [(3, "plain", False), (5, "ca", True), (6, "", True)],
+        )
         for line in (cert, cert_ecdsa, ca, user, user_ecdsa):
             self.assertEqual(result.find(blob_of(line)), [])
             self.assertIsNone(result.match(blob_of(line), "127.0.0.1", NOW))
         # The CA-marked key is not usable as a plain key either.
         self.assertEqual([e.comment for e in result.find(blob_of(other))], ["plain"])
+        # As CAs they are found, with their from= applied.
+        [ca_entry] = result.authorities(blob_of(ca), "127.0.0.1", NOW)
+        self.assertEqual(ca_entry.options.principals, ("alice",))
+        self.assertEqual(result.authorities(blob_of(other), "127.0.0.1", NOW), [])
+        self.assertEqual(len(result.authorities(blob_of(other), "10.1.2.3", NOW)), 1)
+        self.assertEqual(result.authorities(blob_of(user), "127.0.0.1", NOW), [])
+
+    def test_expired_cert_authority_line_is_no_authority(self):
+        ca = self.keygen("ca")
+        result = parse(f'cert-authority,expiry-time="20200101" {ca}\n')
+        self.assertEqual(result.authorities(blob_of(ca), "127.0.0.1", NOW), [])
 
 
 class LoadTests(unittest.SynchronousTestCase):

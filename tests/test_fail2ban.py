@@ -85,3 +85,38 @@ class Fail2banFilterTests(unittest.TestCase):
             self.assertEqual(
                 banned_addresses(log_path, filter_name), ["127.0.0.1"] * attempts, filter_name
             )
+
+    @defer.inlineCallbacks
+    def test_filters_count_connection_limits(self):
+        from tests.polling import wait_until
+        from tests.rawclients import connect_raw
+
+        gateway = Gateway(
+            self,
+            self.sshd,
+            ScriptedApprover(approve_all_except()),
+            **{"max-connections-per-ip": "2", "max-startups": "3", "login-grace-time": "1"},
+        )
+        port = gateway.port_number
+        # 127.0.0.2: two held, three refused per address (counted).
+        held = [connect_raw(reactor, self, port, source="127.0.0.2") for _ in range(2)]
+        yield wait_until(lambda: all(c.got_banner for c in held), "banners")
+        refused = [connect_raw(reactor, self, port, source="127.0.0.2") for _ in range(3)]
+        yield wait_until(lambda: all(c.lost for c in refused), "per-address refusals")
+        # 127.0.0.3: one held, then the startups are full (not counted).
+        crowd = [connect_raw(reactor, self, port, source="127.0.0.3")]
+        yield wait_until(lambda: crowd[0].got_banner, "banner")
+        crowd += [connect_raw(reactor, self, port, source="127.0.0.3") for _ in range(2)]
+        yield wait_until(lambda: all(c.lost for c in crowd[1:]), "startups refusals")
+        # Every held one outlives the grace time (counted).
+        yield wait_until(lambda: all(c.lost for c in held + crowd), "grace", timeout=10)
+        self._close()
+        for log_path, filter_name in (
+            (self.text_log, "wraith.conf"),
+            (self.json_log, "wraith-json.conf"),
+        ):
+            self.assertEqual(
+                sorted(banned_addresses(log_path, filter_name)),
+                ["127.0.0.2"] * 5 + ["127.0.0.3"],
+                filter_name,
+            )

@@ -17,8 +17,15 @@ from twisted.trial import unittest
 from tests.gatewayharness import Gateway, home_of
 from tests.operator import interactive_ssh, spawn_ssh
 from tests.sshd import start_sshd
+from wraith_conch.approval.interfaces import (
+    GATEWAY_REVIEWER,
+    CommandRequest,
+    Decision,
+    record_gateway_decision,
+)
 from wraith_conch.approval.policy import parse_policy
 from wraith_conch.audit.trail import AuditingApprover, AuditTrail
+from wraith_conch.gateway.session import PublishingApprover
 from wraith_conch.testing import ScriptedApprover, approve_all_except
 
 POLICY = """
@@ -60,6 +67,109 @@ class PolicyAndAuditTests(unittest.TestCase):
         self.assertEqual(decision["reviewer"], "policy")
         self.assertTrue(decision["rule"])
         self.assertEqual(os.stat(self.audit).st_mode & 0o777, 0o600)
+
+    def records(self) -> list[dict]:
+        with open(self.audit) as f:
+            return [json.loads(line) for line in f]
+
+    @defer.inlineCallbacks
+    def test_non_utf8_exec_refused_without_asking_and_audited(self):
+        marker = os.path.join(home_of(self.sshd), f"latin1-{uuid.uuid4().hex[:8]}")
+        argv = self.gateway.ssh_argv()
+        # os.fsencode keeps the \xff byte: the real ssh client sends it as is.
+        argv.append(os.fsencode(f"touch {marker}") + b"\xff")
+        code, out, err = yield spawn_ssh(reactor, argv)
+        self.assertEqual(code, 1)
+        self.assertIn(b"wraith: denied: the exec request is not UTF-8", err)
+        self.assertFalse(os.path.exists(marker + "\udcff"))
+        self.assertEqual(os.listdir(home_of(self.sshd)).count(os.path.basename(marker)), 0)
+        self.assertEqual(self.reviewer.requests, [])  # no human was asked
+        records = self.records()
+        request = [r for r in records if r["event"] == "request"][-1]
+        decision = [r for r in records if r["event"] == "decision"][-1]
+        self.assertEqual(request["command"], f"touch {marker}\\xff")
+        self.assertEqual(request["id"], decision["id"])
+        self.assertEqual(
+            (decision["decision"], decision["reviewer"], decision["reason"]),
+            ("deny", "gateway", "the exec request is not UTF-8"),
+        )
+
+
+class GatewayDecisionRecordTests(unittest.SynchronousTestCase):
+    """What the gateway decides itself reaches the trail through the approver chain."""
+
+    def setUp(self):
+        base = self.mktemp()
+        os.makedirs(base)
+        self.audit = os.path.join(base, "audit.jsonl")
+        self.trail = AuditTrail(self.audit, reactor)
+        self.addCleanup(self.trail.close)
+        self.reviewer = ScriptedApprover(approve_all_except())
+        self.approver = AuditingApprover(self.reviewer, self.trail, None)
+
+    def records(self) -> list[dict]:
+        with open(self.audit) as f:
+            return [json.loads(line) for line in f]
+
+    def request(self, command: str = "rm -rf /srv/cache") -> CommandRequest:
+        return CommandRequest.new(
+            session="s-1.0",
+            user="alice",
+            client="127.0.0.1:5000",
+            target="db1:22",
+            kind="shell",
+            command=command,
+            typed="ls",
+            created=1_795_000_000.0,
+        )
+
+    def test_not_asked_records_request_and_denial(self):
+        request = self.request()
+        denial = Decision.deny("screen differs", reviewer=GATEWAY_REVIEWER)
+        record_gateway_decision(self.approver, request, denial, asked=False)
+        records = self.records()
+        self.assertEqual([r["event"] for r in records], ["request", "decision"])
+        self.assertEqual(records[0]["command"], "rm -rf /srv/cache")
+        self.assertTrue(records[0]["risk"]["score"] > 0)  # scored like any request
+        self.assertEqual(
+            (records[1]["decision"], records[1]["reviewer"], records[1]["reason"]),
+            ("deny", "gateway", "screen differs"),
+        )
+        self.assertEqual(self.reviewer.requests, [])
+
+    def test_override_records_only_the_new_decision(self):
+        request = self.request("ls")
+        approved = self.successResultOf(self.approver.request_decision(request))
+        self.assertTrue(approved.approved)
+        record_gateway_decision(
+            self.approver,
+            request,
+            Decision.deny("the line changed while it waited for approval", GATEWAY_REVIEWER),
+            asked=True,
+        )
+        events = [(r["event"], r["decision"], r["reviewer"]) for r in self.records()]
+        self.assertEqual(
+            events,
+            [
+                ("request", None, None),
+                ("decision", "approve", approved.reviewer),
+                ("decision", "deny", "gateway"),
+            ],
+        )
+
+    def test_publishing_approver_passes_it_on_and_tells_the_operator(self):
+        events = []
+        publishing = PublishingApprover(self.approver, events.append)
+        request = self.request()
+        denial = Decision.deny("screen differs", reviewer=GATEWAY_REVIEWER)
+        record_gateway_decision(publishing, request, denial, asked=False)
+        self.assertEqual([e["event"] for e in events], ["pending", "denied"])
+        self.assertEqual([r["event"] for r in self.records()], ["request", "decision"])
+
+    def test_approvers_without_records_are_left_alone(self):
+        # ScriptedApprover keeps no trail: nothing to call, nothing raised.
+        record_gateway_decision(self.reviewer, self.request(), Decision.deny("x"), asked=False)
+        self.assertEqual(self.reviewer.requests, [])
 
 
 class RecordingTests(unittest.TestCase):

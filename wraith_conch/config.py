@@ -9,7 +9,6 @@ on, and nothing half-configured ever listens.
 from __future__ import annotations
 
 import os
-import re
 
 import attrs
 from twisted.conch.ssh import keys
@@ -26,8 +25,12 @@ from wraith_conch.gateway.authorized_keys import (
     AuthorizedKeysError,
     load_authorized_keys,
 )
+from wraith_conch.gateway.certificates import TrustedCAKeysError, load_trusted_ca_keys
+from wraith_conch.gateway.listeners import check_listen, tcp_addresses
+from wraith_conch.gateway.revocation import RevocationError, RevokedKeysFile
 from wraith_conch.hostkey import HostKeyError, load_or_create_host_key, load_private_key
 from wraith_conch.outbound import DIRECT, ProxySpec, parse_proxy_url
+from wraith_conch.targets import Targets, TargetsError, load_targets
 from wraith_conch.upstream.client import TargetAddress
 from wraith_conch.upstream.known_hosts import KnownHosts, KnownHostsError, load_known_hosts
 
@@ -51,8 +54,9 @@ class ConfigError(Exception):
 class Config:
     listen: tuple[str, ...]
     host_key: keys.Key = attrs.field(repr=False)
-    target: TargetAddress
-    target_known_hosts: KnownHosts = attrs.field(repr=False)
+    # None only with --targets (then a bare user name goes to its default).
+    target: TargetAddress | None
+    target_known_hosts: KnownHosts | None = attrs.field(repr=False)
     target_identity: keys.Key | None = attrs.field(repr=False)
     authorized_keys: AuthorizedKeys | None = attrs.field(repr=False)
     auth: str
@@ -63,15 +67,27 @@ class Config:
     on_mismatch: str
     gateway_name: str
     authorized_keys_path: str | None = None
+    #: --trusted-user-ca-keys: wire blobs of the CAs whose user certificates log in.
+    trusted_user_ca_keys: frozenset[bytes] = attrs.field(factory=frozenset, repr=False)
+    #: --revoked-keys: revoked keys and certificates (re-read when it changes).
+    revoked_keys: RevokedKeysFile | None = attrs.field(default=None, repr=False)
     hub_listen: str = DEFAULT_HUB_LISTEN
     reviewers: Reviewers | None = attrs.field(default=None, repr=False)
     webhook: str | None = attrs.field(default=None, repr=False)
+    # ws(s):// URL of a standalone hub's /live-feed (sessions for reviewers to watch).
+    live_feed: str | None = None
     policy: Policy = attrs.field(default=DEFAULT_POLICY, repr=False)
     audit_log: str | None = None
     record_dir: str | None = None
     proxy: ProxySpec = DIRECT
     forward_policy: ForwardPolicy = attrs.field(factory=ForwardPolicy, repr=False)
     forwarding: bool = True
+    stealth: bool = False
+    targets: Targets | None = attrs.field(default=None, repr=False)
+    max_connections_per_ip: int = 0
+    max_auth_attempts: int = 6
+    login_grace_time: float = 60.0
+    max_startups: int = 100
 
     def listen_addresses(self) -> list[tuple[str | None, int]]:
         """
@@ -87,11 +103,17 @@ class Config:
 def build_config(options: dict, reactor) -> Config:
     """Validate raw option values (strings, as parsed) into a L{Config}."""
     listen = tuple(options.get("listen") or ()) or (DEFAULT_LISTEN,)
+    listen_specs = []
     for description in listen:
         try:
-            serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
+            listen_specs.append(check_listen(reactor, description))
+        except ValueError as e:
             raise ConfigError("listen", f"bad endpoint {description!r}: {e}") from None
+    stealth = bool(options.get("stealth"))
+    if stealth and not any(spec.tls for spec in listen_specs):
+        raise ConfigError(
+            "stealth", "needs a TLS listener (--listen ssl:PORT:privateKey=...:certKey=...)"
+        )
 
     auth = _choice(options, "auth", AUTH_MODES, "keys")
     log_format = _choice(options, "log-format", LOG_FORMATS, "text")
@@ -102,18 +124,31 @@ def build_config(options: dict, reactor) -> Config:
     except HostKeyError as e:
         raise ConfigError("host-key", str(e)) from None
 
+    targets = None
+    if options.get("targets"):
+        try:
+            targets = load_targets(_expand(options["targets"]))
+        except TargetsError as e:
+            raise ConfigError("targets", str(e)) from None
     target_text = options.get("target")
-    if not target_text:
-        raise ConfigError("target", "required: HOST:PORT of the target SSH server")
-    try:
-        target = TargetAddress.parse(target_text)
-    except ValueError as e:
-        raise ConfigError("target", str(e)) from None
-
-    try:
-        known_hosts = load_known_hosts(_expand(options.get("target-known-hosts")))
-    except KnownHostsError as e:
-        raise ConfigError("target-known-hosts", str(e)) from None
+    target = known_hosts = None
+    if not target_text and targets is None:
+        raise ConfigError("target", "required: HOST:PORT of the target SSH server (or --targets)")
+    if target_text:
+        if targets is not None and targets.default is not None:
+            raise ConfigError(
+                "targets",
+                f"default = {targets.default!r} and --target both say where a bare"
+                " user name goes: give one",
+            )
+        try:
+            target = TargetAddress.parse(target_text)
+        except ValueError as e:
+            raise ConfigError("target", str(e)) from None
+        try:
+            known_hosts = load_known_hosts(_expand(options.get("target-known-hosts")))
+        except KnownHostsError as e:
+            raise ConfigError("target-known-hosts", str(e)) from None
 
     identity = None
     authorized_keys = None
@@ -128,10 +163,15 @@ def build_config(options: dict, reactor) -> Config:
         except HostKeyError as e:
             raise ConfigError("target-identity", str(e)) from None
         keys_path = options.get("authorized-keys")
-        if not keys_path:
-            raise ConfigError("authorized-keys", "required with --auth keys")
+        if not keys_path and not options.get("trusted-user-ca-keys"):
+            raise ConfigError(
+                "authorized-keys", "required with --auth keys (unless --trusted-user-ca-keys)"
+            )
         keys_path = _expand(keys_path)
-        if "%u" in keys_path:
+        if not keys_path:
+            # Certificates only: no key or cert-authority line is listed.
+            authorized_keys = AuthorizedKeys(source="(no --authorized-keys)")
+        elif "%u" in keys_path:
             # One file per user, read at login (sshd's AuthorizedKeysFile %u).
             directory = os.path.dirname(keys_path.split("%u", 1)[0] + "x")
             if not os.path.isdir(directory):
@@ -142,6 +182,8 @@ def build_config(options: dict, reactor) -> Config:
             except AuthorizedKeysError as e:
                 raise ConfigError("authorized-keys", str(e)) from None
 
+    trusted_user_ca_keys, revoked_keys = _certificate_settings(options, auth)
+
     approval = options.get("approval") or "embedded"
     if approval != "embedded":
         try:
@@ -150,6 +192,16 @@ def build_config(options: dict, reactor) -> Config:
             raise ConfigError(
                 "approval", f"{e} (give a ws:// or wss:// URL, or 'embedded')"
             ) from None
+    live_feed = options.get("live-feed") or None
+    if live_feed is not None:
+        if approval == "embedded":
+            raise ConfigError(
+                "live-feed", "only with an --approval URL (the embedded hub sees sessions directly)"
+            )
+        try:
+            parse_approval_url(live_feed)
+        except ValueError as e:
+            raise ConfigError("live-feed", f"{e} (give a ws:// or wss:// URL)") from None
     hub_listen = options.get("hub-listen") or DEFAULT_HUB_LISTEN
     try:
         serverFromString(reactor, hub_listen)
@@ -217,17 +269,36 @@ def build_config(options: dict, reactor) -> Config:
     except ForwardPolicyError as e:
         raise ConfigError("forward-policy", str(e)) from None
     forwarding = _choice(options, "forwarding", ("on", "off"), "on") == "on"
+    max_connections_per_ip = _count(options, "max-connections-per-ip", 0)
+    max_auth_attempts = _count(options, "max-auth-attempts", 6)
+    if max_auth_attempts < 1:
+        raise ConfigError("max-auth-attempts", "must be at least 1")
+    max_startups = _count(options, "max-startups", 100)
+    grace_text = options.get("login-grace-time")
+    try:
+        login_grace_time = float(grace_text) if grace_text is not None else 60.0
+    except ValueError:
+        raise ConfigError("login-grace-time", f"not a number: {grace_text!r}") from None
+    if not 0 < login_grace_time <= 86400:
+        raise ConfigError("login-grace-time", "must be between 0 and 86400 seconds")
 
     return Config(
         hub_listen=hub_listen,
         reviewers=reviewers,
         webhook=webhook,
+        live_feed=live_feed,
         policy=policy,
         audit_log=audit_log,
         record_dir=record_dir,
         proxy=proxy,
         forward_policy=forward_policy,
         forwarding=forwarding,
+        stealth=stealth,
+        targets=targets,
+        max_connections_per_ip=max_connections_per_ip,
+        max_auth_attempts=max_auth_attempts,
+        login_grace_time=login_grace_time,
+        max_startups=max_startups,
         listen=listen,
         host_key=host_key,
         target=target,
@@ -235,6 +306,8 @@ def build_config(options: dict, reactor) -> Config:
         target_identity=identity,
         authorized_keys=authorized_keys,
         authorized_keys_path=_expand(options.get("authorized-keys")) or None,
+        trusted_user_ca_keys=trusted_user_ca_keys,
+        revoked_keys=revoked_keys,
         auth=auth,
         log_format=log_format,
         approval=approval,
@@ -245,6 +318,29 @@ def build_config(options: dict, reactor) -> Config:
     )
 
 
+def _certificate_settings(
+    options: dict, auth: str
+) -> tuple[frozenset[bytes], RevokedKeysFile | None]:
+    """--trusted-user-ca-keys and --revoked-keys, which fail closed: a file
+    that cannot be read or parsed stops the start-up."""
+    trusted: frozenset[bytes] = frozenset()
+    revoked = None
+    for flag in ("trusted-user-ca-keys", "revoked-keys"):
+        if options.get(flag) and auth != "keys":
+            raise ConfigError(flag, "only with --auth keys")
+    if options.get("trusted-user-ca-keys"):
+        try:
+            trusted = load_trusted_ca_keys(_expand(options["trusted-user-ca-keys"]))
+        except TrustedCAKeysError as e:
+            raise ConfigError("trusted-user-ca-keys", str(e)) from None
+    if options.get("revoked-keys"):
+        try:
+            revoked = RevokedKeysFile(_expand(options["revoked-keys"]))
+        except RevocationError as e:
+            raise ConfigError("revoked-keys", str(e)) from None
+    return trusted, revoked
+
+
 def _choice(options: dict, flag: str, allowed: tuple[str, ...], default: str) -> str:
     value = options.get(flag) or default
     if value not in allowed:
@@ -252,19 +348,24 @@ def _choice(options: dict, flag: str, allowed: tuple[str, ...], default: str) ->
     return value
 
 
+def _count(options: dict, flag: str, default: int) -> int:
+    """A non-negative integer flag (0 = unlimited for the limits)."""
+    text = options.get(flag)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ConfigError(flag, f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise ConfigError(flag, "must not be negative (0 means unlimited)")
+    return value
+
+
 def _tcp_listen_address(description: str) -> list[tuple[str | None, int]]:
-    """C{tcp:2222:interface=127.0.0.1} to C{[("127.0.0.1", 2222)]}; non-TCP: []."""
-    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
-    kind = parts[0].lower()
-    if kind not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
-        return []
-    positional = [p for p in parts[1:] if "=" not in p]
-    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    port_text = named.get("port", positional[0] if positional else "")
-    if not port_text.isdigit():
-        return []
-    interface = named.get("interface", positional[1] if len(positional) > 1 else "") or None
-    return [(interface, int(port_text))]
+    """C{tcp:2222:interface=127.0.0.1} to C{[("127.0.0.1", 2222)]}; also ssl:,
+    haproxy:-wrapped and onion: (its localPort); non-TCP: []."""
+    return tcp_addresses(description)
 
 
 def _expand(path: str | None) -> str:

@@ -5,7 +5,8 @@ C{twistd wraith-hub}: the approval hub on its own, options and service tree.
         --reviewers /etc/wraith/reviewers.toml --hub-listen tcp:8022:interface=127.0.0.1
 
 Gateways then run with C{--approval ws://HUB:8022/gateway} and the same
-token; reviewers open C{http://HUB:8022/}.  Without C{--reviewers} the hub
+token (and, for reviewers to watch their sessions, C{--live-feed
+ws://HUB:8022/live-feed}); reviewers open C{http://HUB:8022/}.  Without C{--reviewers} the hub
 makes one reviewer, C{admin}, and prints its login link once to stdout.
 The reviewers file format is described in L{wraith_conch.approval.reviewers}.
 """
@@ -57,7 +58,7 @@ class Options(usage.Options):
             "hub-listen",
             None,
             DEFAULT_HUB_LISTEN,
-            "Endpoint the hub listens on (console, /gateway, /reviewer); ssl:... for HTTPS.",
+            "Endpoint the hub listens on (console, /gateway, /live-feed, /reviewer); ssl:... for HTTPS.",
         ],
         ["gateway-token", None, None, "Bearer token gateways must send (or --gateway-token-file)."],
         ["gateway-token-file", None, None, "File holding the gateways' bearer token."],

@@ -10,17 +10,19 @@ import secrets
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from wraith_conch.approval.client import ApprovalClient
 from wraith_conch.approval.hub import make_hub_service
+from wraith_conch.approval.live_feed import LiveFeed, LiveFeedClient
 from wraith_conch.audit.trail import AuditingApprover, AuditTrail
 from wraith_conch.config import DEFAULT_LISTEN, Config, ConfigError, build_config
 from wraith_conch.gateway.assembly import build_gateway_factory
+from wraith_conch.gateway.listeners import build_listener
 from wraith_conch.gateway.server import GracefulShutdown
 from wraith_conch.logs import json_observer_for_twistd
+from wraith_conch.targets import describe_targets
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
 
@@ -31,6 +33,14 @@ class Options(usage.Options):
         " waits for an approval service, and approved ones are relayed to the target."
     )
 
+    optFlags = [
+        [
+            "stealth",
+            None,
+            "On TLS listeners, answer non-SSH clients with nginx's 404 page (ADR-017).",
+        ],
+    ]
+
     optParameters = [
         [
             "host-key",
@@ -38,12 +48,23 @@ class Options(usage.Options):
             "wraith_host_key",
             "Gateway host key file; ed25519 generated (0600) if missing.",
         ],
-        ["target", None, None, "Target SSH server as HOST:PORT ([::1]:22 for IPv6)."],
+        [
+            "target",
+            None,
+            None,
+            "Target SSH server as HOST:PORT ([::1]:22 for IPv6); with --targets, optional.",
+        ],
         [
             "target-known-hosts",
             None,
             "~/.ssh/known_hosts",
             "known_hosts file the target's host key must match.",
+        ],
+        [
+            "targets",
+            None,
+            None,
+            "Named targets (TOML), reached as ssh -l USER@NAME; each pins its host key.",
         ],
         [
             "target-identity",
@@ -52,6 +73,18 @@ class Options(usage.Options):
             "Private key the gateway logs in to the target with (--auth keys).",
         ],
         ["authorized-keys", None, None, "Operators' public keys, OpenSSH authorized_keys format."],
+        [
+            "trusted-user-ca-keys",
+            None,
+            None,
+            "CA public keys (one a line) whose OpenSSH user certificates may log in.",
+        ],
+        [
+            "revoked-keys",
+            None,
+            None,
+            "Refused keys and certificates: a public key list or a KRL (ssh-keygen -k).",
+        ],
         [
             "auth",
             None,
@@ -95,6 +128,12 @@ class Options(usage.Options):
             None,
             "http(s) URL the embedded hub POSTs each request awaiting review to (JSON).",
         ],
+        [
+            "live-feed",
+            None,
+            None,
+            "ws(s):// URL of the --approval hub's /live-feed, for reviewers to watch sessions.",
+        ],
         ["record-dir", None, None, "Directory for asciicast v2 recordings of PTY sessions (0600)."],
         ["approval-token", None, None, "Bearer token sent to the approval service."],
         [
@@ -119,6 +158,25 @@ class Options(usage.Options):
         ],
         ["forward-policy", None, None, "TOML rules allowing/denying forward destinations."],
         ["forwarding", None, "on", "on or off: allow direct-tcpip forwarding (ssh -L, ssh -D)."],
+        [
+            "max-connections-per-ip",
+            None,
+            "0",
+            "Connections at once from one client IP address (0 = unlimited).",
+        ],
+        ["max-auth-attempts", None, "6", "Failed authentications per connection."],
+        [
+            "login-grace-time",
+            None,
+            "60",
+            "Seconds a connection may take to authenticate before it is closed.",
+        ],
+        [
+            "max-startups",
+            None,
+            "100",
+            "Unauthenticated connections at once (0 = unlimited); more are refused.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -180,10 +238,16 @@ def makeService(options: Options) -> service.IService:
             reactor, config.hub_listen, config.reviewers, token, webhook=config.webhook
         )
         hub.setServiceParent(top)
-        session_watch = hub.session_watch  # the live view: same process only
+        # The live view, in-process: the same feed a standalone hub gets.
+        session_watch = hub.local_feed(config.gateway_name)
     else:
         url, token = config.approval, config.approval_token
         session_watch = None
+        if config.live_feed is not None:
+            session_watch = LiveFeed(config.gateway_name)
+            LiveFeedClient(reactor, config.live_feed, session_watch, token=token).setServiceParent(
+                top
+            )
     client = ApprovalClient(
         reactor,
         url,
@@ -204,14 +268,17 @@ def makeService(options: Options) -> service.IService:
     # is pending (services stop together).
     GracefulShutdown(reactor, factory).setServiceParent(top)
     for description in config.listen:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), factory)
+        endpoint, listener_factory = build_listener(
+            reactor, description, factory, stealth=config.stealth
+        )
+        listener = StreamServerEndpointService(endpoint, listener_factory)
         # A port that cannot be bound stops twistd with the error, instead of
         # leaving a gateway that listens nowhere.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
     log.info(
         "wraith gateway for {target} on {listen}, host key {host_key_fingerprint}",
-        target=str(config.target),
+        target=describe_targets(config),
         listen=", ".join(config.listen),
         host_key_fingerprint=sha256_fingerprint(config.host_key),
     )

@@ -40,7 +40,7 @@ Server to reviewer::
     {"type": "resolved", "id": ..., "outcome": ..., "reason": ..., "reviewer": ...,
      "at": ..., "request": R}                        # = H; it is no longer pending
     {"type": "gateways", "gateways": [G, ...]}       # gateways connected now
-    {"type": "sessions", "sessions": [S, ...]}       # live sessions now (embedded hub)
+    {"type": "sessions", "sessions": [S, ...]}       # live sessions now
     {"type": "session", "session": S, "live": bool, "lines": [str, ...]}
         # the screen of the session you watch: on watch, then on every change
         # (gathered for 0.1 s); live false: it ended (last screen) or is unknown ([])
@@ -55,19 +55,24 @@ Server to reviewer::
     H = {"id", "outcome": "approve" | "deny" | "cancelled" | "expired",
          "reason", "reviewer" (null unless decided), "at", "request": R}
     G = {"name", "peer"}
-    S = the session id of a channel, as in R's "session" ("s-1a2b3c4d.0")
+    S = {"session": the session id of a channel, as in R's "session" ("s-1a2b3c4d.0"),
+         "gateway", "user", "client", "target", "kind", "pty": bool,
+         "columns", "rows", "started"}
 
 Reviewer to server::
 
     {"type": "decide", "id": ..., "decision": "approve" | "deny", "reason": "..."}
-    {"type": "watch", "session": S | null}          # follow one session's screen; null: stop
+    {"type": "watch", "session": ID | null}         # follow one session's screen; null: stop
     {"type": "ping"}
 
-Live sessions exist only in an embedded hub: the gateway in the same process
-feeds it what the target prints on each session channel (nothing new crosses
-PROTOCOL.md), and the hub keeps the last screenful of each (L{LiveScreens}).
-Watching is read-only: there is no frame that sends input to a session.
-A standalone hub always lists no sessions.
+Live sessions come from the gateways' live feeds (C{/live-feed}, subprotocol
+C{wraith.live.v1}, the gateway token; L{wraith_conch.approval.live_feed}), a
+wraith extension beside PROTOCOL.md, never on C{/gateway}.  The embedded hub
+gets its gateway's feed in-process (L{HubService.local_feed}); a standalone
+hub lists the sessions of gateways run with C{--live-feed}.  The hub keeps a
+screen only for watched sessions (L{LiveSessions}) and tells each gateway
+which of its sessions are watched; only those send output.  Watching is
+read-only: there is no frame that sends input to a session.
 
 Anything else (a C{request}, C{cancel} or C{decision} frame, junk, binary)
 is answered with C{error} and changes nothing.  History (C{H}) lists the
@@ -113,7 +118,18 @@ from wraith_conch.approval.console import (
     normal_origin,
     own_origin,
 )
-from wraith_conch.approval.live import LiveScreens
+from wraith_conch.approval.live import (
+    FeedClose,
+    FeedGap,
+    FeedHello,
+    FeedOpen,
+    FeedOutput,
+    FeedResize,
+    FeedSnapshot,
+    LiveSessions,
+    parse_feed_frame,
+)
+from wraith_conch.approval.live_feed import FEED_PATH, FEED_SUBPROTOCOL, LiveFeed
 from wraith_conch.approval.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL,
@@ -139,6 +155,10 @@ MAX_GATEWAY_MESSAGE = 1 << 20
 
 MAX_REVIEWER_MESSAGE = 16 * 1024
 """A reviewer message larger than this fails the connection (WebSocket 1009)."""
+
+MAX_FEED_MESSAGE = 4 << 20
+"""A live-feed message larger than this fails the connection (a snapshot of the largest screen
+the gateway models, 2000 by 1000 cells, fits)."""
 
 MAX_REASON = 1000
 """Longest decision reason, in characters."""
@@ -483,6 +503,12 @@ class _GatewayState:
     name: str | None = None
 
 
+@attrs.define
+class _FeedState:
+    name: str | None = None
+    watched: set[str] = attrs.field(factory=set)  # as last told to the gateway
+
+
 @attrs.frozen
 class _Decided:
     fingerprint: str
@@ -523,7 +549,8 @@ class Hub:
         self._gateways: dict[Any, _GatewayState] = {}
         self._reviewers: dict[Any, str] = {}
         self._watching: dict[Any, str] = {}
-        self.live = LiveScreens()
+        self._feeds: dict[Any, _FeedState] = {}
+        self.live = LiveSessions()
         self.stats: Counter[str] = Counter()
 
     # --- reading ------------------------------------------------------------
@@ -767,7 +794,8 @@ class Hub:
 
     def reviewer_disconnected(self, link: Link) -> None:
         reviewer = self._reviewers.pop(link, None)
-        self._watching.pop(link, None)
+        if self._watching.pop(link, None) is not None:
+            self._update_watches()
         if reviewer is not None:
             self.log.info("reviewer {reviewer} disconnected", reviewer=reviewer)
 
@@ -796,6 +824,10 @@ class Hub:
                 self._watching.pop(link, None)
             else:
                 self._watching[link] = message.session
+            # The gateway hears first: in-process, its snapshot arrives before
+            # the answer below, so that answer shows the screen at once.
+            self._update_watches()
+            if message.session is not None:
                 link.send(self._session_event(message.session))
         elif isinstance(message, Decide):
             error = self.decide(message.id, message.approved, message.reason, reviewer, now)
@@ -859,18 +891,71 @@ class Hub:
             self._record(entry, "expired", "expired", None, now)
         return due
 
-    # --- live sessions (embedded hub only) ------------------------------------------
+    # --- live sessions: the gateways' live feeds -----------------------------------
 
-    def session_output(
-        self, session: str, data: bytes | None, size: tuple[int, int] | None = None
-    ) -> None:
-        """
-        What the target printed on a session channel (C{None}: it closed).
+    def feed_connected(self, link: Link) -> None:
+        self._feeds[link] = _FeedState()
 
-        Only a gateway in this process calls this; nothing is sent until
-        L{flush_sessions}.
+    def feed_disconnected(self, link: Link) -> None:
+        state = self._feeds.pop(link, None)
+        if state is not None:
+            self.live.source_gone(link)
+            if state.name is not None:
+                self.log.info("live feed of gateway {gateway} closed", gateway=state.name)
+
+    def feed_frame(self, link: Link, payload: bytes | str, is_binary: bool, now: float) -> None:
         """
-        self.live.output(session, data, size)
+        One frame of a gateway's live feed; what changes goes out at L{flush_sessions}.
+
+        Malformed frames are logged and ignored; the connection stays.
+        """
+        state = self._feeds.get(link)
+        if state is None:
+            return
+        message = parse_feed_frame(payload, is_binary)
+        if isinstance(message, Ignored):
+            self.stats["feed_junk"] += 1
+            self.log.warn(
+                "ignored a live-feed frame from gateway {gateway}: {why}",
+                gateway=state.name or "?",
+                why=message.why,
+                size=len(payload),
+            )
+        elif isinstance(message, FeedHello):
+            if state.name is None:
+                state.name = message.gateway
+                self.log.info(
+                    "live feed of gateway {gateway} connected from {peer}",
+                    gateway=message.gateway,
+                    peer=str(getattr(link, "peer", "")),
+                )
+            else:
+                self.stats["feed_junk"] += 1
+        elif state.name is None:
+            self.stats["feed_no_hello"] += 1
+            self.log.warn("refused a live feed: hello required first")
+            link.close(CLOSE_POLICY, "hello required first")
+        elif isinstance(message, FeedOpen):
+            why = self.live.open(link, state.name, message, iso_time(now))
+            if why is not None:
+                self.stats["feed_session_refused"] += 1
+                self.log.warn(
+                    "not listing session {session} of gateway {gateway}: {why}",
+                    session=message.session,
+                    gateway=state.name,
+                    why=why,
+                )
+        elif isinstance(message, FeedClose):
+            self.live.close(link, message.session)
+        elif isinstance(message, FeedSnapshot):
+            if message.session in state.watched:
+                self.live.snapshot(link, message)
+        elif isinstance(message, FeedOutput):
+            self.live.output(link, message.session, message.data)
+        elif isinstance(message, FeedResize):
+            self.live.resize(link, message.session, message.columns, message.rows)
+        elif isinstance(message, FeedGap):
+            self.stats["feed_gap"] += 1
 
     def flush_sessions(self) -> None:
         """Send watchers the screens that changed, and everyone the list if it did."""
@@ -880,8 +965,24 @@ class Hub:
                 link.send(self._session_event(session, ended.get(session)))
                 if session in ended:
                     del self._watching[link]
+        if ended:
+            self._update_watches()
         if listed:
             self._broadcast(_dump({"type": "sessions", "sessions": self.live.sessions()}))
+
+    def _update_watches(self) -> None:
+        """Tell each gateway which of its sessions are watched now, if that changed."""
+        watched = set(self._watching.values())
+        for session in self.live.ids():
+            if session not in watched and self.live.has_screen(session):
+                self.live.unwatch(session)
+        for link, state in list(self._feeds.items()):
+            if state.name is None:
+                continue
+            wanted = {s for s in self.live.of_source(link) if s in watched}
+            if wanted != state.watched:
+                state.watched = wanted
+                link.send(_dump({"type": "watch", "sessions": sorted(wanted)}))
 
     def _session_event(self, session: str, final: list[str] | None = None) -> str:
         lines = self.live.lines(session)
@@ -896,7 +997,7 @@ class Hub:
         )
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "the hub is stopping") -> None:
-        for link in [*self._gateways, *self._reviewers]:
+        for link in [*self._gateways, *self._reviewers, *self._feeds]:
             link.close(code, reason)
 
     # --- internals --------------------------------------------------------------
@@ -1033,6 +1134,60 @@ class _ReviewerProtocol(_HubProtocol):
             self.service.sessions.detach(self.session_key, self)
 
 
+class _FeedProtocol(_HubProtocol):
+    """A gateway's live feed: same bearer token as C{/gateway}, its own subprotocol."""
+
+    def onConnect(self, request):
+        service = self.service
+        if not service.gateway_token_ok(request.headers.get("authorization")):
+            service.hub.stats["feed_unauthorized"] += 1
+            service.log.warn("refused a live feed from {peer}: bad token", peer=self.peer)
+            raise ConnectionDeny(401, "Unauthorized")
+        if FEED_SUBPROTOCOL not in request.protocols:
+            raise ConnectionDeny(400, f"subprotocol {FEED_SUBPROTOCOL} required")
+        return FEED_SUBPROTOCOL
+
+    def onOpen(self):
+        self.service.hub.feed_connected(self)
+
+    def onMessage(self, payload, isBinary):
+        self.service.feed_frame(self, payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        self.service.hub.feed_disconnected(self)
+        self.service.schedule_flush()
+
+
+class _LocalFeedLink:
+    """The embedded hub's end of an in-process live feed: frames are method calls."""
+
+    peer = "in-process"
+
+    def __init__(self, service: HubService, feed: LiveFeed) -> None:
+        self._service = service
+        self._feed = feed
+        self._open = True
+
+    def send(self, text: str) -> bool:
+        if self._open:
+            try:
+                self._feed.hub_frame(text, False)
+            except Exception:  # the gateway's trouble must not break the hub
+                self._service.log.failure("in-process live feed")
+        return self._open
+
+    def close(self, code: int, reason: str) -> None:
+        if self._open:
+            self._open = False
+            self._feed.disconnected()
+            self._service.hub.feed_disconnected(self)
+
+    def from_gateway(self, text: str) -> bool:
+        if self._open:
+            self._service.feed_frame(self, text, False)
+        return self._open
+
+
 def _bearer(header: str) -> str | None:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -1117,9 +1272,11 @@ class HubService(MultiService):
 
         self.gateway_factory = _HubFactory(self, _GatewayProtocol, MAX_GATEWAY_MESSAGE)
         self.reviewer_factory = _HubFactory(self, _ReviewerProtocol, MAX_REVIEWER_MESSAGE)
+        self.feed_factory = _HubFactory(self, _FeedProtocol, MAX_FEED_MESSAGE)
         root = ConsoleRoot(reactor, reviewers, self.sessions, reviewer_path=REVIEWER_PATH)
         root.putChild(GATEWAY_PATH.strip("/").encode(), WebSocketResource(self.gateway_factory))
         root.putChild(REVIEWER_PATH.strip("/").encode(), WebSocketResource(self.reviewer_factory))
+        root.putChild(FEED_PATH.strip("/").encode(), WebSocketResource(self.feed_factory))
         self.root: Resource = root
         self.site = console_site(root)
         # Every connection, HTTP or WebSocket, to close them all on stop.
@@ -1176,12 +1333,25 @@ class HubService(MultiService):
         )
         return port
 
-    def session_watch(
-        self, session: str, data: bytes | None, size: tuple[int, int] | None = None
-    ) -> None:
-        """A gateway in this process reports session output (see L{Hub.session_output})."""
-        self.hub.session_output(session, data, size)
-        if self._flush is None or not self._flush.active():
+    def local_feed(self, gateway_name: str = "wraith") -> LiveFeed:
+        """
+        A live feed for a gateway in this process (the embedded hub): the
+        same frames as over C{/live-feed}, as method calls.  Give it to the
+        gateway as its L{SessionSettings.session_watch}.
+        """
+        feed = LiveFeed(gateway_name)
+        link = _LocalFeedLink(self, feed)
+        self.hub.feed_connected(link)
+        feed.connected(link.from_gateway)
+        return feed
+
+    def feed_frame(self, link: Any, payload: bytes | str, is_binary: bool) -> None:
+        self.hub.feed_frame(link, payload, is_binary, self.reactor.seconds())
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Screen changes gather for L{SESSION_FLUSH_INTERVAL}, then go to watchers."""
+        if self.running and (self._flush is None or not self._flush.active()):
             self._flush = self.reactor.callLater(SESSION_FLUSH_INTERVAL, self.hub.flush_sessions)
 
     def _tick(self) -> None:

@@ -4,7 +4,8 @@ Operator authentication: who may use the gateway, and with what restrictions.
 Two modes, and neither ever accepts everything:
 
   - C{keys}: public keys from an OpenSSH C{authorized_keys} file, with its
-    options (C{from=}, C{no-pty}, C{restrict}, ...) honoured;
+    options (C{from=}, C{no-pty}, C{restrict}, ...) honoured, and OpenSSH
+    user certificates from trusted CAs (L{wraith_conch.gateway.certificates});
   - C{passthrough}: the operator's password is tried against the target
     first, and the operator is let in only if the target accepts it; that
     authenticated connection then carries the operator's session.
@@ -35,6 +36,14 @@ from wraith_conch.gateway.authorized_keys import (
     KeyOptions,
     load_authorized_keys,
 )
+from wraith_conch.gateway.certificates import (
+    CertificateError,
+    authorize_certificate,
+    is_certificate_blob,
+    parse_certificate,
+    verify_userauth_signature,
+)
+from wraith_conch.gateway.revocation import RevokedKeysFile
 from wraith_conch.upstream.client import UpstreamAuthFailed, UpstreamConnection, UpstreamLogin
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
@@ -93,6 +102,9 @@ class OperatorIdentity:
     target: str | None = None
     key_fingerprint: str | None = None
     options: KeyOptions = attrs.field(factory=KeyOptions)
+    #: For a certificate login: its serial and key ID (as signed by the CA).
+    cert_serial: int | None = None
+    cert_key_id: str | None = None
     upstream: UpstreamConnection | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -133,6 +145,11 @@ class AuthorizedKeysChecker:
     file, or with a C{%u} path template one file per user as sshd's
     C{AuthorizedKeysFile} (see L{authorized_keys_source}).  In a shared file
     a line with C{principals="alice,bob"} may log in only as those users.
+
+    OpenSSH user certificates log in when their CA is in C{trusted_ca_keys}
+    (key blobs, C{--trusted-user-ca-keys}) or on a C{cert-authority} line
+    (L{wraith_conch.gateway.certificates}); C{revoked} (C{--revoked-keys})
+    refuses keys, certificates and CAs.
     """
 
     credentialInterfaces = (credmod.ISSHPrivateKey,)
@@ -141,9 +158,14 @@ class AuthorizedKeysChecker:
         self,
         keys_for: Callable[[str], AuthorizedKeys],
         now: Callable[[], datetime] | None = None,
+        *,
+        trusted_ca_keys: frozenset[bytes] = frozenset(),
+        revoked: RevokedKeysFile | None = None,
     ) -> None:
         self._keys_for = keys_for
         self._now = now or (lambda: datetime.now(UTC))
+        self._trusted_ca_keys = trusted_ca_keys
+        self._revoked = revoked
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         return defer.maybeDeferred(self._check, credentials)
@@ -152,6 +174,12 @@ class AuthorizedKeysChecker:
         login = decode_login_name(credentials.username)
         user = login.user
         client = credentials.client_address
+        if is_certificate_blob(credentials.blob):
+            return self._check_certificate(credentials, login, client)
+        if self._revoked is not None:
+            revoked = self._revoked.key_revoked_reason(credentials.blob)
+            if revoked:
+                raise UnauthorizedLogin(revoked)
         entry = self._keys_for(user).match(credentials.blob, _host_of(client), self._now())
         if entry is None:
             raise UnauthorizedLogin("key not authorized")
@@ -173,6 +201,43 @@ class AuthorizedKeysChecker:
             target=login.target,
             key_fingerprint=sha256_fingerprint(key),
             options=entry.options,
+        )
+
+    def _check_certificate(self, credentials, login: LoginName, client: str) -> OperatorIdentity:
+        host, now = _host_of(client), self._now()
+        try:
+            cert = parse_certificate(credentials.blob)
+            if self._revoked is not None:
+                revoked = self._revoked.certificate_revoked_reason(
+                    cert.key_blob, cert.ca_blob, cert.serial, cert.key_id_bytes
+                )
+                if revoked:
+                    raise CertificateError(revoked)
+            options = authorize_certificate(
+                cert,
+                user=login.user,
+                client_address=host,
+                now=now,
+                trusted_ca_blobs=self._trusted_ca_keys,
+                authority_lines=self._keys_for(login.user).authorities(cert.ca_blob, host, now),
+            )
+        except CertificateError as e:
+            raise UnauthorizedLogin(str(e)) from None
+        if credentials.signature is None:
+            raise ValidPublicKey()
+        if not verify_userauth_signature(
+            cert, credentials.algName, credentials.signature, credentials.sigData
+        ):
+            raise UnauthorizedLogin("bad signature")
+        return OperatorIdentity(
+            user=login.user,
+            client=client,
+            method="publickey",
+            target=login.target,
+            key_fingerprint=cert.fingerprint,
+            options=options,
+            cert_serial=cert.serial,
+            cert_key_id=cert.key_id,
         )
 
 
@@ -203,15 +268,20 @@ class PassthroughChecker:
     """
     Password auth decided by the target: the password is tried there first.
 
-    C{connect} opens an authenticated upstream connection for an
-    L{UpstreamLogin}; its failures other than a refused login (host key,
-    target down) pass through so the operator is told the real reason.
+    C{router} (a L{wraith_conch.targets.TargetRouter}) picks the target from
+    the login name first: an alias the operator may not use is refused
+    before anything is connected to (L{wraith_conch.targets.TargetRefused},
+    told to the operator).  C{connect} then opens an authenticated upstream
+    connection to that route for an L{UpstreamLogin}; its failures other
+    than a refused login (host key, target down) pass through so the
+    operator is told the real reason.
     """
 
     credentialInterfaces = (credmod.IUsernamePassword,)
 
-    def __init__(self, connect: Callable[[UpstreamLogin], defer.Deferred]) -> None:
+    def __init__(self, connect: Callable[..., defer.Deferred], router) -> None:
         self._connect = connect
+        self._router = router
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         try:
@@ -220,7 +290,11 @@ class PassthroughChecker:
             return defer.fail(e)
         user = login.user
         client = credentials.client_address
-        d = self._connect(UpstreamLogin(user=user, password=credentials.password))
+        try:
+            route = self._router.choose(user, login.target, client)
+        except Exception as e:  # TargetRefused, already logged
+            return defer.fail(e)
+        d = self._connect(route, UpstreamLogin(user=user, password=credentials.password))
 
         def accepted(upstream: UpstreamConnection) -> OperatorIdentity:
             return OperatorIdentity(

@@ -12,10 +12,14 @@ Where C{sshd} skips a line it cannot read (and so silently drops a
 restriction or a key), this parser refuses the whole file with a one-line
 L{AuthorizedKeysError} naming the file and line: a gateway that holds every
 command for approval must not start with a looser key list than its
-operator wrote.  The one exception is certificates: lines whose key is a
-certificate (C{*-cert-v01@openssh.com}) or carries the C{cert-authority}
-option are well-formed but not supported yet, so they are collected in
+operator wrote.  The one exception is lines whose key is itself a
+certificate (C{*-cert-v01@openssh.com}): well-formed but meaningless as a
+key (sshd ignores them too), so they are collected in
 L{AuthorizedKeys.skipped} for the caller to warn about, and never match.
+
+A line with the C{cert-authority} option names a CA whose user
+certificates may log in (see L{wraith_conch.gateway.certificates}); such a
+line never matches the CA key itself as a plain key.
 
 Everything here is pure: bytes in, value objects out.  Only
 L{load_authorized_keys} touches the file system.
@@ -218,6 +222,8 @@ class AuthorizedKey:
     options: KeyOptions = attrs.field(factory=KeyOptions)
     comment: str = ""
     lineno: int = 0
+    #: C{cert-authority}: the key signs certificates and is never a login key.
+    cert_authority: bool = False
     #: The key's SSH wire blob, which clients send and L{AuthorizedKeys.find} compares.
     blob: bytes = attrs.field(
         init=False, repr=False, default=attrs.Factory(lambda self: self.key.blob(), takes_self=True)
@@ -226,7 +232,7 @@ class AuthorizedKey:
 
 @attrs.frozen
 class SkippedLine:
-    """A well-formed line this gateway does not support yet (certificates)."""
+    """A well-formed line that is ignored (a certificate listed as a key)."""
 
     lineno: int
     reason: str
@@ -248,7 +254,24 @@ class AuthorizedKeys:
         A key may be listed on several lines with different options; the
         caller decides between them (see L{match}).
         """
-        return [entry for entry in self.entries if entry.blob == key_blob]
+        return [
+            entry for entry in self.entries if entry.blob == key_blob and not entry.cert_authority
+        ]
+
+    def authorities(self, ca_blob: bytes, remote_addr: str, now: datetime) -> list[AuthorizedKey]:
+        """
+        The C{cert-authority} lines for the CA with this wire blob that
+        admit a client at C{remote_addr} at C{now} (C{from=},
+        C{expiry-time}), in file order.
+        """
+        return [
+            entry
+            for entry in self.entries
+            if entry.cert_authority
+            and entry.blob == ca_blob
+            and entry.options.permits_address(remote_addr)
+            and not entry.options.expired(now)
+        ]
 
     def match(self, key_blob: bytes, remote_addr: str, now: datetime) -> AuthorizedKey | None:
         """
@@ -285,7 +308,7 @@ def parse_authorized_keys(data: bytes, source: str) -> AuthorizedKeys:
     C{source} names the file in error messages.  Any malformed line raises
     L{AuthorizedKeysError} (C{"source:lineno: reason"}); lines are split on
     LF only, with a trailing CR ignored, so line numbers are what an editor
-    shows.  Certificate lines land in L{AuthorizedKeys.skipped}.
+    shows.  Lines whose key is a certificate land in L{AuthorizedKeys.skipped}.
 
     C{expiry-time} values without a C{Z} (or C{UTC}) suffix are in the
     system time zone, as sshd reads them.
@@ -302,8 +325,16 @@ def parse_authorized_keys(data: bytes, source: str) -> AuthorizedKeys:
         if isinstance(parsed, str):
             skipped.append(SkippedLine(lineno=lineno, reason=parsed))
             continue
-        key, options, comment = parsed
-        entries.append(AuthorizedKey(key=key, options=options, comment=comment, lineno=lineno))
+        key, options, comment, cert_authority = parsed
+        entries.append(
+            AuthorizedKey(
+                key=key,
+                options=options,
+                comment=comment,
+                lineno=lineno,
+                cert_authority=cert_authority,
+            )
+        )
     return AuthorizedKeys(entries=tuple(entries), skipped=tuple(skipped), source=source)
 
 
@@ -318,7 +349,7 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text)
 
 
-def _parse_line(raw: bytes) -> tuple[keys.Key, KeyOptions, str] | str | None:
+def _parse_line(raw: bytes) -> tuple[keys.Key, KeyOptions, str, bool] | str | None:
     """One line: L{None} to ignore, a reason string to skip, or the entry."""
     if raw.endswith(b"\r"):
         raw = raw[:-1]
@@ -347,11 +378,12 @@ def _parse_line(raw: bytes) -> tuple[keys.Key, KeyOptions, str] | str | None:
     blob = _decode_blob(blob_text, type_name)
 
     if type_name.endswith(_CERT_SUFFIX):
-        return f"{type_name} certificates are not supported yet; line ignored"
+        return (
+            f"{type_name} certificates are not keys (trust their CA with a"
+            " cert-authority line); line ignored"
+        )
     key = _parse_key(blob, type_name)
-    if cert_authority:
-        return "cert-authority keys are not supported yet; line ignored"
-    return key, options, comment
+    return key, options, comment, cert_authority
 
 
 def _is_key_type_name(word: str) -> bool:

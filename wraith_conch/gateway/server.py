@@ -18,11 +18,19 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from wraith_conch.algorithms import no_delay, prefer_fast_algorithms
+from wraith_conch.fastpath import FastPacketTransportMixin
+from wraith_conch.gateway.admission import AdmissionTransportMixin, SerialAuthMixin
 from wraith_conch.gateway.auth import ClientAddressPortal
+from wraith_conch.gateway.cert_userauth import (
+    CertificatePublicKeyAuth,
+    UserAuthSignatureAlgorithms,
+)
+from wraith_conch.gateway.certificates import describe_key_blob
 from wraith_conch.gateway.forwarding import ForwardingConnectionMixin
+from wraith_conch.gateway.limits import Admission, AdmissionLimits
+from wraith_conch.gateway.listeners import transport_label
 from wraith_conch.relay import RelayConnection
 from wraith_conch.upstream.client import UpstreamError
-from wraith_conch.upstream.known_hosts import sha256_fingerprint
 
 
 def format_address(address) -> str:
@@ -36,7 +44,7 @@ def format_address(address) -> str:
     return f"{host}:{port}"
 
 
-class GatewayUserAuth(userauth.SSHUserAuthServer):
+class GatewayUserAuth(SerialAuthMixin, CertificatePublicKeyAuth, userauth.SSHUserAuthServer):
     """User auth that logs every attempt and explains upstream failures."""
 
     _log = Logger()
@@ -48,17 +56,20 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
 
     def tryAuth(self, kind, user, data):
         self._attempt_fingerprint = None
+        self._attempt_fields = {}
         self._attempt_signed = True
         if kind == b"publickey":
             try:
                 self._attempt_signed = bool(data[:1] and data[0])
                 _, blob, _ = getNS(data[1:], 2)
-                self._attempt_fingerprint = sha256_fingerprint(keys.Key.fromString(blob))
+                # A certificate's own key, plus cert_serial/cert_key_id.
+                self._attempt_fields = describe_key_blob(blob)
+                self._attempt_fingerprint = self._attempt_fields.pop("key_fingerprint")
             except Exception:
                 self._attempt_fingerprint = "unparseable"
         return super().tryAuth(kind, user, data)
 
-    def _log_attempt(self, result: str) -> None:
+    def _log_attempt(self, result: str, **extra) -> None:
         if self.method == b"none":
             return
         self._log.info(
@@ -69,6 +80,8 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             method=self.method.decode("ascii", "replace"),
             key_fingerprint=self._attempt_fingerprint or "-",
             remote_addr=self.transport.client_address,
+            **getattr(self, "_attempt_fields", {}),
+            **extra,
         )
 
     def _cbFinishedAuth(self, result):
@@ -85,11 +98,15 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
                 f"wraith: {reason.value}".encode("utf-8", "replace"),
             )
             return None
+        # Why, for the operator's admin (checkers' reasons never hold secrets).
+        why = str(reason.value)[:200] if reason.check(UnauthorizedLogin) else None
         if not self._attempt_signed:
             # A key query (no signature yet) is not a failed login.
-            self._log_attempt("key-refused" if reason.check(UnauthorizedLogin) else "key-ok")
+            self._log_attempt(
+                "key-refused" if reason.check(UnauthorizedLogin) else "key-ok", reason=why
+            )
         else:
-            self._log_attempt("rejected")
+            self._log_attempt("rejected", reason=why)
         return super()._ebBadAuth(reason)
 
 
@@ -97,18 +114,27 @@ class GatewayConnection(ForwardingConnectionMixin, RelayConnection):
     """The operator-side SSH connection; channels come from the avatar."""
 
 
-class GatewayTransport(transport.SSHServerTransport):
+class GatewayTransport(
+    AdmissionTransportMixin,
+    FastPacketTransportMixin,
+    UserAuthSignatureAlgorithms,
+    transport.SSHServerTransport,
+):
     _log = Logger()
 
     def connectionMade(self) -> None:
         self.client_address = format_address(self.transport.getPeer())
+        # tcp, tls, onion, proxy-v2...: how the operator reached the gateway.
+        self.transport_label = transport_label(self)
         self.identity = None
         self._opened_at = self.factory.reactor.seconds()
+        if not self.admit_connection():
+            return
         self._log.info(
             "connection opened from {remote_addr}",
             event_kind="connection",
             remote_addr=self.client_address,
-            transport="tcp",
+            transport=self.transport_label,
         )
         prefer_fast_algorithms(self)
         # Keystrokes and held Enters are tiny writes: without this, Nagle and
@@ -125,7 +151,7 @@ class GatewayTransport(transport.SSHServerTransport):
             "connection closed from {remote_addr} after {duration:.1f}s",
             event_kind="connection",
             remote_addr=self.client_address,
-            transport="tcp",
+            transport=self.transport_label,
             duration=duration,
         )
 
@@ -146,6 +172,8 @@ class GatewayFactory(factory.SSHFactory):
         host_key: keys.Key,
         *,
         max_auth_attempts: int = 6,
+        limits: AdmissionLimits | None = None,
+        login_grace_time: float = 60.0,
     ) -> None:
         self.reactor = reactor
         # Open operator connections, for a graceful shutdown.
@@ -153,6 +181,9 @@ class GatewayFactory(factory.SSHFactory):
         self.portal = portal
         self.host_key = host_key
         self.max_auth_attempts = max_auth_attempts
+        # Shared by every listener: the limits are per gateway, not per port.
+        self.admission = Admission(limits or AdmissionLimits())
+        self.login_grace_time = login_grace_time
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         if host_key.type() == "RSA":

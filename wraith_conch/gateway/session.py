@@ -29,7 +29,6 @@ from twisted.conch.error import ConchError
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, session
 from twisted.conch.ssh.common import NS, getNS
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -39,11 +38,15 @@ from zope.interface import implementer
 
 from wraith_conch.approval.interfaces import (
     DEFAULT_TIMEOUT_SECONDS,
+    GATEWAY_REVIEWER,
     CommandRequest,
     Decision,
     IApprover,
+    IGatewayDecisions,
     denial_from_failure,
+    record_gateway_decision,
 )
+from wraith_conch.approval.live_feed import ISessionWatcher, LiveSession
 from wraith_conch.audit.recorder import SessionRecorder
 from wraith_conch.gateway.auth import OperatorIdentity
 from wraith_conch.gateway.forwarding import (
@@ -57,6 +60,7 @@ from wraith_conch.gateway.forwarding import (
 from wraith_conch.interception.gate import PipeGate, ShellGate, printable_line
 from wraith_conch.interception.screen import Screen
 from wraith_conch.relay import RelayChannel
+from wraith_conch.targets import Route, TargetRefused, TargetRouter
 from wraith_conch.upstream.client import TargetAddress, UpstreamConnection, UpstreamLogin
 
 EXTENDED_DATA_STDERR = 1
@@ -84,20 +88,19 @@ class SessionSettings:
 
     reactor: IReactorTime
     approver: IApprover
-    target: TargetAddress
+    # (The target is per operator: GatewayAvatar.target, chosen by the realm.)
     approval_timeout: float = DEFAULT_TIMEOUT_SECONDS
     on_mismatch: str = "review"
     # Opens forwarded connections; None when forwarding is off.
     forwarder: object | None = None
     # asciicast recordings of PTY channels go here when set.
     record_dir: str | None = None
-    # In-process observer of target output (the embedded hub's live view):
-    # called with (session, bytes, (columns, rows) or None) for each chunk,
-    # and (session, None, None) when the channel closes.
-    session_watch: Callable[[str, bytes | None, tuple[int, int] | None], None] | None = None
+    # The live view (wraith_conch.approval.live_feed.ISessionWatcher): told
+    # when a session starts and ends, and given every chunk of target output.
+    session_watch: ISessionWatcher | None = None
 
 
-@implementer(IApprover)
+@implementer(IApprover, IGatewayDecisions)
 class PublishingApprover:
     """
     The gateway's approver as one operator connection sees it: every request
@@ -137,6 +140,29 @@ class PublishingApprover:
 
     def cancel(self, request_id: str, reason: str) -> None:
         self._approver.cancel(request_id, reason)
+
+    def record_gateway_decision(
+        self, request: CommandRequest, decision: Decision, asked: bool
+    ) -> None:
+        if not asked:
+            self._publish(
+                {
+                    "event": "pending",
+                    "id": request.id,
+                    "kind": request.kind,
+                    "command": request.command,
+                    "session": request.session,
+                }
+            )
+        self._publish(
+            {
+                "event": "approved" if decision.approved else "denied",
+                "id": request.id,
+                "reason": decision.reason,
+                "reviewer": decision.reviewer,
+            }
+        )
+        record_gateway_decision(self._approver, request, decision, asked=asked)
 
 
 class UpstreamSessionChannel(RelayChannel):
@@ -291,9 +317,13 @@ class SessionChannel(RelayChannel):
         if request_type == b"shell":
             return self._open_upstream(request_type, data)
         try:
-            command = getNS(data)[0].decode("utf-8")
+            raw = getNS(data)[0]
         except Exception:
-            return self._deny_start(f"the {self.kind} request is malformed or not UTF-8")
+            return self._refuse_start(data, "malformed")
+        try:
+            command = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._refuse_start(raw, "not UTF-8")
         request = self.avatar.make_request(self, self.kind, command)
         self._pending_request = request
         d = self.avatar.approver.request_decision(request)
@@ -307,6 +337,17 @@ class SessionChannel(RelayChannel):
             return self._open_upstream(request_type, data)
 
         return d.addCallback(decided)
+
+    def _refuse_start(self, raw: bytes, problem: str) -> bool:
+        """
+        Refuse an exec/subsystem request the gateway cannot put to a reviewer;
+        it still goes on the record, escaped.
+        """
+        request = self.avatar.make_request(self, self.kind, raw.decode("utf-8", "backslashreplace"))
+        decision = Decision.deny(f"the {self.kind} request is {problem}", reviewer=GATEWAY_REVIEWER)
+        record_gateway_decision(self.avatar.approver, request, decision, asked=False)
+        self.avatar.log_decision(request, decision)
+        return self._deny_start(decision.reason)
 
     def _deny_start(self, reason: str) -> bool:
         message = f"wraith: denied: {printable_line(reason)}"
@@ -367,6 +408,8 @@ class SessionChannel(RelayChannel):
             self._start_recording()
         if self.kind == "shell":
             self._install_gate()
+        if self.avatar.settings.session_watch is not None:
+            self._announce_live()
         early, self._early_input = self._early_input, []
         for data in early:
             self.input(data)
@@ -376,6 +419,26 @@ class SessionChannel(RelayChannel):
             self.eofReceived()
         self.resume_receiving()
         return True
+
+    def _announce_live(self) -> None:
+        """Offer this session to the live view; its gate's screen renders snapshots."""
+        identity = self.avatar.identity
+        columns, rows = _sane_size(*self.terminal_size) if self.terminal_size else (80, 24)
+        self._live_id = f"{self.avatar.session_id}.{self.id}"
+        self._watched = True
+        self.avatar.settings.session_watch.opened(
+            LiveSession(
+                self._live_id,
+                identity.user,
+                identity.client,
+                str(self.avatar.target),
+                self.kind or "?",
+                self.terminal_size is not None,
+                columns,
+                rows,
+            ),
+            lambda: getattr(self.gate, "screen", None),
+        )
 
     def _start_recording(self) -> None:
         identity = self.avatar.identity
@@ -387,10 +450,10 @@ class SessionChannel(RelayChannel):
                 self.avatar.settings.reactor,
                 {
                     "term": self.terminal_type,
-                    "title": f"{identity.user}@{self.avatar.settings.target}",
+                    "title": f"{identity.user}@{self.avatar.target}",
                     "user": identity.user,
                     "client": identity.client,
-                    "target": str(self.avatar.settings.target),
+                    "target": str(self.avatar.target),
                 },
             )
         except (OSError, ValueError) as e:
@@ -434,11 +497,8 @@ class SessionChannel(RelayChannel):
     def relay_data(self, data: bytes) -> None:
         if self.recorder is not None:
             self.recorder.output(data)
-        watch = self.avatar.settings.session_watch
-        if watch is not None:
-            self._watched = True
-            size = _sane_size(*self.terminal_size) if self.terminal_size else None
-            watch(f"{self.avatar.session_id}.{self.id}", data, size)
+        if self._watched:
+            self.avatar.settings.session_watch.output(self._live_id, data, self.terminal_size)
         # Target output: the gate's screen model sees what the operator sees,
         # after the operator, so that what the gate prints in answer (the
         # waiting notice once the echo of a held line arrives) follows it.
@@ -490,7 +550,7 @@ class SessionChannel(RelayChannel):
         if self.recorder is not None:
             self.recorder.close()
         if self._watched:
-            self.avatar.settings.session_watch(f"{self.avatar.session_id}.{self.id}", None, None)
+            self.avatar.settings.session_watch.closed(self._live_id)
         pending, self._pending_request = self._pending_request, None
         if pending is not None:
             self.avatar.approver.cancel(pending.id, "session closed")
@@ -503,12 +563,18 @@ class GatewayAvatar(ConchUser):
     _log = Logger()
 
     def __init__(
-        self, identity: OperatorIdentity, upstream: UpstreamConnection, settings: SessionSettings
+        self,
+        identity: OperatorIdentity,
+        upstream: UpstreamConnection,
+        settings: SessionSettings,
+        target: TargetAddress,
     ) -> None:
         super().__init__()
         self.identity = identity
         self.upstream = upstream
         self.settings = settings
+        #: The target this operator was routed to (requests, recordings).
+        self.target = target
         self.session_id = f"s-{secrets.token_hex(4)}"
         self.conn = None
         self._logged_out = False
@@ -583,7 +649,7 @@ class GatewayAvatar(ConchUser):
             session=f"{self.session_id}.{channel.id}",
             user=self.identity.user,
             client=self.identity.client,
-            target=str(self.settings.target),
+            target=str(self.target),
             kind=kind,
             command=command,
             typed=typed,
@@ -615,31 +681,42 @@ class GatewayAvatar(ConchUser):
 
 @implementer(IRealm)
 class GatewayRealm:
-    """Makes avatars, logging in to the target for each operator."""
+    """
+    Makes avatars, logging in to the operator's target for each: the
+    C{router} picks it from the login name (L{wraith_conch.targets}), after
+    the operator authenticated and before anything is connected to.
+    """
 
     def __init__(
         self,
         settings: SessionSettings,
-        connect: Callable[[UpstreamLogin], defer.Deferred],
+        connect: Callable[[Route, UpstreamLogin], defer.Deferred],
+        router: TargetRouter,
         identity_key=None,
     ) -> None:
         self._settings = settings
         self._connect = connect
+        self._router = router
         self._identity_key = identity_key
 
     def requestAvatar(self, avatarId: OperatorIdentity, mind, *interfaces):
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH avatars")
-        if avatarId.target is not None:
-            # Named targets need --targets; fail closed until routed.
-            return defer.fail(UnauthorizedLogin(f"unknown target {avatarId.target!r}"))
+        try:
+            route = self._router.choose(avatarId.user, avatarId.target, avatarId.client)
+        except TargetRefused as e:
+            # Told to the operator (an UpstreamError); nothing was connected.
+            if avatarId.upstream is not None:
+                avatarId.upstream.close()
+            return defer.fail(e)
         if avatarId.upstream is not None:
+            # Passthrough: the checker already logged in to this same route.
             d = defer.succeed(avatarId.upstream)
         else:
-            d = self._connect(UpstreamLogin(user=avatarId.user, identity=self._identity_key))
+            d = self._connect(route, UpstreamLogin(user=avatarId.user, identity=self._identity_key))
 
         def made(upstream: UpstreamConnection):
-            avatar = GatewayAvatar(avatarId, upstream, self._settings)
+            avatar = GatewayAvatar(avatarId, upstream, self._settings, route.address)
             return IConchUser, avatar, avatar.logout
 
         return d.addCallback(made)

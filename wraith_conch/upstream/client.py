@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wraith_conch.algorithms import no_delay, prefer_fast_algorithms
+from wraith_conch.fastpath import FastPacketTransportMixin
+from wraith_conch.gateway.limits import identification_problem
 from wraith_conch.relay import RelayConnection
 from wraith_conch.upstream.known_hosts import HostKeyVerdict, KnownHosts, sha256_fingerprint
 
@@ -164,7 +166,7 @@ class UpstreamConnection(RelayConnection):
             self.transport.loseConnection()
 
 
-class UpstreamTransport(transport.SSHClientTransport):
+class UpstreamTransport(FastPacketTransportMixin, transport.SSHClientTransport):
     _log = Logger()
 
     def __init__(
@@ -215,6 +217,17 @@ class UpstreamTransport(transport.SSHClientTransport):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        # The target's lines before its version: each at most 255 bytes and
+        # a bounded number of them (RFC 4253 4.2), as on the operators' side.
+        if not self.gotVersion:
+            problem = identification_problem(self.buf + data, server=False)
+            if problem is not None:
+                self.failure_reason = UpstreamError(f"the target is not an SSH server: {problem}")
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, problem.encode())
+                return
+        super().dataReceived(data)
 
     def connectionSecure(self) -> None:
         self.connection = UpstreamConnection(self.ready)

@@ -358,9 +358,28 @@
   function showSessions(sessions) {
     const list = $("live-sessions");
     list.textContent = "";
-    for (const session of sessions) {
+    for (const entry of sessions) {
+      // {session, gateway, user, client, target, kind, pty, columns, rows, started}
+      const session = typeof entry === "string" ? entry : entry.session;
       const item = el("li", "live-session");
       item.dataset.session = session;
+      if (typeof entry === "object") {
+        item.appendChild(el("strong", "who", entry.user + "@" + entry.target));
+        item.appendChild(
+          el(
+            "span",
+            "where",
+            entry.kind +
+              (entry.pty ? " " + entry.columns + "x" + entry.rows : "") +
+              " from " +
+              entry.client +
+              " via " +
+              entry.gateway +
+              ", since " +
+              when(entry.started)
+          )
+        );
+      }
       item.appendChild(el("code", null, session, false));
       const button = el("button", "watch", "Watch");
       button.type = "button";

@@ -1,0 +1,1 @@
+"""Fuzzing the gateway's SSH transport (see docs/security.md)."""
