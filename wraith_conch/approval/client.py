@@ -26,20 +26,16 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import txaio
-from autobahn.exception import Disconnected
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from autobahn.websocket.util import parse_url
-from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
 )
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -63,6 +59,7 @@ from wraith_conch.approval.protocol import (
     pong_frame,
     request_frame,
 )
+from wraith_conch.approval.wsclient import reconnecting_connection, send_text
 
 RETRY_FIRST_DELAY = 1.0
 """Upper bound of the first reconnection delay, in seconds (PROTOCOL.md: <= 1 s)."""
@@ -176,24 +173,7 @@ class _ApprovalSession(WebSocketClientProtocol):
 
     def send_text(self, text: str) -> bool:
         """Send one text frame; C{False} if the connection is no longer open."""
-        try:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)
-        except Disconnected:
-            return False
-        return True
-
-
-class _ApprovalFactory(WebSocketClientFactory):
-    protocol = _ApprovalSession
-
-    def __init__(self, client: ApprovalClient, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.client = client
-
-    def buildProtocol(self, addr) -> _ApprovalSession:
-        session = super().buildProtocol(addr)
-        session.client = self.client
-        return session
+        return send_text(self, text)
 
 
 @implementer(IApprover)
@@ -263,22 +243,18 @@ class ApprovalClient(MultiService):
         self._stopping = False
         self._stop_waiters: list[defer.Deferred[None]] | None = None
 
-        factory = _ApprovalFactory(
-            self, url, protocols=[SUBPROTOCOL], useragent="wraith-conch", reactor=reactor
-        )
-        factory.setProtocolOptions(
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
-            autoPingInterval=20,
-            autoPingTimeout=10,
-            maxFramePayloadSize=MAX_FRAME_BYTES,
-            maxMessagePayloadSize=MAX_FRAME_BYTES,
-        )
-        endpoint = HostnameEndpoint(reactor, host, port)
-        if is_secure:
-            endpoint = wrapClientTLS(tls_options or optionsForClientTLS(host), endpoint)
-        self._connector = ClientService(
-            endpoint, factory, retryPolicy=self._next_delay, clock=reactor
+        self._connector = reconnecting_connection(
+            reactor,
+            owner=self,
+            protocol=_ApprovalSession,
+            url=url,
+            subprotocol=SUBPROTOCOL,
+            max_message_bytes=MAX_FRAME_BYTES,
+            host=host,
+            port=port,
+            secure=is_secure,
+            tls_options=tls_options,
+            retry_policy=self._next_delay,
         )
         self._connector.setServiceParent(self)
 

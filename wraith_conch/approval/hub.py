@@ -94,7 +94,6 @@ from typing import Any, Protocol
 
 import attrs
 import txaio
-from autobahn.exception import Disconnected
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -141,6 +140,7 @@ from wraith_conch.approval.protocol import (
 )
 from wraith_conch.approval.reviewers import Reviewers
 from wraith_conch.approval.webhook import Webhook
+from wraith_conch.approval.wsclient import send_text
 
 REVIEWER_SUBPROTOCOL = "wraith.reviewer.v1"
 REVIEWER_PROTOCOL_VERSION = 1
@@ -1047,13 +1047,18 @@ class _HubProtocol(WebSocketServerProtocol):
     service: HubService
 
     def send(self, text: str) -> bool:
-        if self.state != self.STATE_OPEN:
-            return False
-        try:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)
-        except Disconnected:
-            return False
-        return True
+        return send_text(self, text)
+
+    def _accept_gateway_token(self, request, subprotocol: str, stat: str, what: str) -> str:
+        """The opening handshake of a gateway's connection: its bearer token, then C{subprotocol}."""
+        service = self.service
+        if not service.gateway_token_ok(request.headers.get("authorization")):
+            service.hub.stats[f"{stat}_unauthorized"] += 1
+            service.log.warn("refused {what} from {peer}: bad token", what=what, peer=self.peer)
+            raise ConnectionDeny(401, "Unauthorized")
+        if subprotocol not in request.protocols:
+            raise ConnectionDeny(400, f"subprotocol {subprotocol} required")
+        return subprotocol
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
@@ -1065,14 +1070,7 @@ class _HubProtocol(WebSocketServerProtocol):
 
 class _GatewayProtocol(_HubProtocol):
     def onConnect(self, request):
-        service = self.service
-        if not service.gateway_token_ok(request.headers.get("authorization")):
-            service.hub.stats["gateway_unauthorized"] += 1
-            service.log.warn("refused a gateway connection from {peer}: bad token", peer=self.peer)
-            raise ConnectionDeny(401, "Unauthorized")
-        if SUBPROTOCOL not in request.protocols:
-            raise ConnectionDeny(400, f"subprotocol {SUBPROTOCOL} required")
-        return SUBPROTOCOL
+        return self._accept_gateway_token(request, SUBPROTOCOL, "gateway", "a gateway connection")
 
     def onOpen(self):
         self.service.hub.gateway_connected(self)
@@ -1138,14 +1136,7 @@ class _FeedProtocol(_HubProtocol):
     """A gateway's live feed: same bearer token as C{/gateway}, its own subprotocol."""
 
     def onConnect(self, request):
-        service = self.service
-        if not service.gateway_token_ok(request.headers.get("authorization")):
-            service.hub.stats["feed_unauthorized"] += 1
-            service.log.warn("refused a live feed from {peer}: bad token", peer=self.peer)
-            raise ConnectionDeny(401, "Unauthorized")
-        if FEED_SUBPROTOCOL not in request.protocols:
-            raise ConnectionDeny(400, f"subprotocol {FEED_SUBPROTOCOL} required")
-        return FEED_SUBPROTOCOL
+        return self._accept_gateway_token(request, FEED_SUBPROTOCOL, "feed", "a live feed")
 
     def onOpen(self):
         self.service.hub.feed_connected(self)

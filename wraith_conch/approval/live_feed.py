@@ -35,20 +35,17 @@ from typing import Any
 
 import attrs
 import txaio
-from autobahn.exception import Disconnected
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest
-from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from wraith_conch.approval.client import parse_approval_url, retry_delay
 from wraith_conch.approval.protocol import Ignored, _brief, load_frame_object
+from wraith_conch.approval.wsclient import reconnecting_connection, send_text
 from wraith_conch.interception.screen import Screen
 
 FEED_SUBPROTOCOL = "wraith.live.v1"
@@ -355,26 +352,7 @@ class _FeedSession(WebSocketClientProtocol):
             waiter.callback(None)
 
     def send_text(self, text: str) -> bool:
-        if self.state != self.STATE_OPEN:
-            return False
-        try:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)
-        except Disconnected:
-            return False
-        return True
-
-
-class _FeedFactory(WebSocketClientFactory):
-    protocol = _FeedSession
-
-    def __init__(self, client: LiveFeedClient, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.client = client
-
-    def buildProtocol(self, addr) -> _FeedSession:
-        session = super().buildProtocol(addr)
-        session.client = self.client
-        return session
+        return send_text(self, text)
 
 
 class LiveFeedClient(MultiService):
@@ -412,25 +390,18 @@ class LiveFeedClient(MultiService):
         self._session: _FeedSession | None = None
         scheme = "wss" if is_secure else "ws"
         self.description = f"live feed at {scheme}://{self._host_header}:{port}{path}"
-        factory = _FeedFactory(
-            self, url, protocols=[FEED_SUBPROTOCOL], useragent="wraith-conch", reactor=reactor
-        )
-        factory.setProtocolOptions(
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
-            autoPingInterval=20,
-            autoPingTimeout=10,
-            maxFramePayloadSize=MAX_HUB_MESSAGE,
-            maxMessagePayloadSize=MAX_HUB_MESSAGE,
-        )
-        endpoint = HostnameEndpoint(reactor, host, port)
-        if is_secure:
-            endpoint = wrapClientTLS(tls_options or optionsForClientTLS(host), endpoint)
-        self._connector = ClientService(
-            endpoint,
-            factory,
-            retryPolicy=lambda attempt: self._retry_policy(attempt + self._failed_handshakes),
-            clock=reactor,
+        self._connector = reconnecting_connection(
+            reactor,
+            owner=self,
+            protocol=_FeedSession,
+            url=url,
+            subprotocol=FEED_SUBPROTOCOL,
+            max_message_bytes=MAX_HUB_MESSAGE,
+            host=host,
+            port=port,
+            secure=is_secure,
+            tls_options=tls_options,
+            retry_policy=lambda attempt: self._retry_policy(attempt + self._failed_handshakes),
         )
         self._connector.setServiceParent(self)
 

@@ -114,26 +114,11 @@ class PublishingApprover:
         self.description = approver.description
 
     def request_decision(self, request: CommandRequest) -> defer.Deferred[Decision]:
-        self._publish(
-            {
-                "event": "pending",
-                "id": request.id,
-                "kind": request.kind,
-                "command": request.command,
-                "session": request.session,
-            }
-        )
+        self._publish_pending(request)
         d = self._approver.request_decision(request)
 
         def decided(decision: Decision) -> Decision:
-            self._publish(
-                {
-                    "event": "approved" if decision.approved else "denied",
-                    "id": request.id,
-                    "reason": decision.reason,
-                    "reviewer": decision.reviewer,
-                }
-            )
+            self._publish_decision(request, decision)
             return decision
 
         return d.addCallback(decided)
@@ -145,15 +130,22 @@ class PublishingApprover:
         self, request: CommandRequest, decision: Decision, asked: bool
     ) -> None:
         if not asked:
-            self._publish(
-                {
-                    "event": "pending",
-                    "id": request.id,
-                    "kind": request.kind,
-                    "command": request.command,
-                    "session": request.session,
-                }
-            )
+            self._publish_pending(request)
+        self._publish_decision(request, decision)
+        record_gateway_decision(self._approver, request, decision, asked=asked)
+
+    def _publish_pending(self, request: CommandRequest) -> None:
+        self._publish(
+            {
+                "event": "pending",
+                "id": request.id,
+                "kind": request.kind,
+                "command": request.command,
+                "session": request.session,
+            }
+        )
+
+    def _publish_decision(self, request: CommandRequest, decision: Decision) -> None:
         self._publish(
             {
                 "event": "approved" if decision.approved else "denied",
@@ -162,7 +154,6 @@ class PublishingApprover:
                 "reviewer": decision.reviewer,
             }
         )
-        record_gateway_decision(self._approver, request, decision, asked=asked)
 
 
 class UpstreamSessionChannel(RelayChannel):
