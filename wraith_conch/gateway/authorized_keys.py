@@ -190,7 +190,7 @@ class KeyOptions:
         """
         if not self.from_patterns:
             return True
-        address = _client_address(remote_addr)
+        address = client_ip(remote_addr)
         if address is None:
             return False
         text = str(address)
@@ -687,7 +687,7 @@ def _parse_permit(value: str, name: str, *, bare_port: bool) -> tuple[str, Port]
     return host, int(port_text)
 
 
-def _client_address(
+def client_ip(
     remote_addr: str,
 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The client's address, IPv4-mapped IPv6 unmapped, zone dropped."""

@@ -53,6 +53,7 @@ from wraith_conch.gateway.authorized_keys import (
     AuthorizedKey,
     AuthorizedKeysError,
     KeyOptions,
+    client_ip,
     parse_authorized_keys,
 )
 
@@ -383,21 +384,10 @@ def _source_address_permits(value: bytes, client_address: str) -> bool:
         networks = [ipaddress.ip_network(entry.strip(), strict=False) for entry in entries]
     except (UnicodeDecodeError, ValueError):
         return False
-    address = _client_ip(client_address)
+    address = client_ip(client_address)
     if address is None:
         return False
     return any(address in network for network in networks)
-
-
-def _client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    text = text.strip("[]").partition("%")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def merge_options(line: KeyOptions, cert: KeyOptions) -> KeyOptions:
