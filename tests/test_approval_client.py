@@ -480,6 +480,44 @@ class ReconnectTests(ClientTestCase):
         self.assertEqual(await d, Decision.approve("after the restart", reviewer="bob"))
         self.assertFalse(d_later.called)
 
+    async def test_cancel_while_away_reaches_the_service_on_reconnect(self) -> None:
+        service, client = await self.connected_pair()
+        seen = make_request(reactor)
+        d_seen = client.request_decision(seen)
+        await service.next_frame("request")
+        await service.stop()
+        await wait_until(lambda: not client.connected, "the client to notice")
+        never_sent = make_request(reactor, "ls")
+        d_never = client.request_decision(never_sent)
+        client.cancel(seen.id, "the operator pressed Ctrl-C")
+        client.cancel(never_sent.id, "session closed")
+        self.assertEqual(self.successResultOf(d_seen), Decision.deny("the operator pressed Ctrl-C"))
+        self.assertEqual(self.successResultOf(d_never), Decision.deny("session closed"))
+
+        service.frames.clear()
+        service.listen()  # same port
+        await client.when_open()
+        await service.next_frame("cancel")
+        await service.sync()
+        # The service learns the request it still shows is void; the one it
+        # never saw is neither sent nor cancelled.
+        self.assertEqual(
+            [
+                (f["type"], f.get("id"), f.get("reason"))
+                for f in service.frames
+                if f["type"] != "pong"
+            ],
+            [("hello", None, None), ("cancel", seen.id, "the operator pressed Ctrl-C")],
+        )
+        # Sent once: the next reconnect does not repeat it.
+        await service.stop()
+        await wait_until(lambda: not client.connected, "the client to notice")
+        service.frames.clear()
+        service.listen()
+        await client.when_open()
+        await service.sync()
+        self.assertEqual([f["type"] for f in service.frames if f["type"] != "pong"], ["hello"])
+
     async def test_connection_loss_leaves_requests_pending_until_expiry(self) -> None:
         service, client = await self.connected_pair()
         request = make_request(reactor, timeout=0.5)

@@ -728,6 +728,15 @@ class FindAndMatchTests(unittest.SynchronousTestCase):
         )
         self.assertEqual([e.lineno for e in self.keys.find(blob_of(self.bob))], [4, 5])
 
+    def test_unbound_lines_are_login_keys_without_principals(self):
+        self.assertEqual(self.keys.unbound_lines(), [1, 2, 3, 4, 5])
+        bound = parse(
+            f'principals="alice" {self.alice} alice\n'
+            f"{self.bob} anyone\n"
+            f'cert-authority,principals="ops" {self.bob} ops-ca\n'
+        )
+        self.assertEqual(bound.unbound_lines(), [2])
+
     def test_find_unknown_blob(self):
         self.assertEqual(self.keys.find(blob_of(ed25519_line())), [])
         self.assertEqual(self.keys.find(b""), [])
@@ -772,7 +781,7 @@ class FindAndMatchTests(unittest.SynchronousTestCase):
 
 
 class CertificateTests(unittest.SynchronousTestCase):
-    """Certificates and CA keys: refused cleanly until a later issue adds them."""
+    """Certificate lines and cert-authority lines, as the file holds them."""
 
     def setUp(self):
         self.base = self.mktemp()

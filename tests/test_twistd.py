@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -378,8 +379,6 @@ class EmbeddedHubTests(unittest.TestCase):
         keys_path = os.path.join(self.base, "authorized_keys")
         with open(keys_path, "w") as f:
             f.write(keygen(self.operator_key) + "\n")
-        import socket
-
         ports = []
         for _ in range(2):
             with socket.socket() as s:
@@ -425,6 +424,13 @@ class EmbeddedHubTests(unittest.TestCase):
             yield task.deferLater(reactor, 0.1, lambda: None)
         known = os.path.join(self.base, "known_hosts")
         pin_gateway_key(known, self.port, self.host_key)
+        # The hub prints the link when it starts, which can be before the
+        # gateway's own listener is up: an ssh sent now could be refused.
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            yield task.deferLater(reactor, 0.1, lambda: None)
         marker = os.path.join(home_of(self.sshd), f"hub-{os.getpid()}-{self.port}")
         self.addCleanup(lambda: os.path.exists(marker) and os.unlink(marker))
         argv = operator_argv(self.port, self.operator_key, known, self.sshd.user, f"touch {marker}")

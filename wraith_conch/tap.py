@@ -263,6 +263,15 @@ def makeService(options: Options) -> service.IService:
             lineno=skipped.lineno,
             reason=skipped.reason,
         )
+    unbound = config.authorized_keys.unbound_lines() if config.authorized_keys else []
+    if unbound:
+        # The user name picks the account on the target: in a shared file,
+        # a key without principals= may choose any (docs/security.md).
+        log.warn(
+            "--authorized-keys lines {lines} have no principals=: each of those keys may log"
+            " in under any user name (bind them with principals=, or use per-user %u files)",
+            lines=", ".join(map(str, unbound[:20])) + (" ..." if len(unbound) > 20 else ""),
+        )
     factory = build_gateway_factory(reactor, config, approver, session_watch=session_watch)
     # Operators are told and drained while the approval client denies what
     # is pending (services stop together).

@@ -71,6 +71,10 @@ MAX_FRAME_BYTES = 1 << 20
 """Largest message accepted from the service; a decision is a few hundred bytes."""
 
 TIMED_OUT = "approval timed out"
+
+#: Cancels kept for a service that is away (then the oldest are dropped):
+#: each is a request the service saw and still shows its reviewers.
+MAX_UNSENT_CANCELS = 10_000
 STOPPING = "the gateway is stopping"
 
 
@@ -231,6 +235,11 @@ class ApprovalClient(MultiService):
 
         self._pending = PendingRequests()
         self._waiting: dict[str, defer.Deferred[Decision]] = {}
+        # Ids the service has been sent (so a cancel means something to it),
+        # and cancels for those that could not be sent: they go out first
+        # on the next connection, so reviewers stop seeing void requests.
+        self._delivered: set[str] = set()
+        self._unsent_cancels: dict[str, str] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._session: _ApprovalSession | None = None
         self._open_waiters: list[defer.Deferred[None]] = []
@@ -288,7 +297,9 @@ class ApprovalClient(MultiService):
         self._timers[request.id] = self._reactor.callLater(
             deadline - now, self._expire_due, request.id
         )
-        if not self._send(request_frame(request)):
+        if self._send(request_frame(request)):
+            self._delivered.add(request.id)
+        else:
             # A request that was sent is logged once, with its decision (the
             # gateway's decision line; the audit trail has both): a line per
             # send cost a tenth of the approval overhead.  A queued one is news.
@@ -407,9 +418,13 @@ class ApprovalClient(MultiService):
         self._session = session
         self._failed_handshakes = 0
         session.send_text(hello_frame(self._gateway_name))
+        cancels, self._unsent_cancels = self._unsent_cancels, {}
+        for request_id, reason in cancels.items():
+            session.send_text(cancel_frame(request_id, reason))
         outstanding = self._pending.outstanding()
         for request in outstanding:
-            session.send_text(request_frame(request))
+            if session.send_text(request_frame(request)):
+                self._delivered.add(request.id)
         self.log.info(
             "connected to the {service}; {count} pending request(s) sent",
             service=self.description,
@@ -496,6 +511,17 @@ class ApprovalClient(MultiService):
             self.log.info("approval request {request_id} expired", request_id=expired)
             self._finish(expired, Decision.deny(TIMED_OUT), cancel_reason="expired")
 
+    def _queue_cancel(self, request_id: str, reason: str) -> None:
+        if len(self._unsent_cancels) >= MAX_UNSENT_CANCELS:
+            oldest = next(iter(self._unsent_cancels))
+            del self._unsent_cancels[oldest]
+            self.log.warn(
+                "too many cancels waiting for the {service}; dropped the one for {request_id}",
+                service=self.description,
+                request_id=oldest,
+            )
+        self._unsent_cancels[request_id] = reason
+
     def _abandon(self, request_id: str) -> None:
         # The caller cancelled its Deferred (which then fails with
         # CancelledError): forget the request and tell the service.
@@ -515,8 +541,11 @@ class ApprovalClient(MultiService):
         timer = self._timers.pop(request_id, None)
         if timer is not None and timer.active():
             timer.cancel()
-        if cancel_reason is not None:
-            self._send(cancel_frame(request_id, cancel_reason))
+        delivered = request_id in self._delivered
+        self._delivered.discard(request_id)
+        if cancel_reason is not None and not self._send(cancel_frame(request_id, cancel_reason)):
+            if delivered:
+                self._queue_cancel(request_id, cancel_reason)
         d = self._waiting.pop(request_id, None)
         if d is not None and decision is not None:
             d.callback(decision)

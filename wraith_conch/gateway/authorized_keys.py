@@ -247,6 +247,18 @@ class AuthorizedKeys:
     #: Where the keys came from, for log messages.
     source: str = "authorized_keys"
 
+    def unbound_lines(self) -> list[int]:
+        """
+        The line numbers of login keys without C{principals=}: in a file
+        shared by every user, each of those keys may log in under any user
+        name (C{cert-authority} lines are bound by their certificates).
+        """
+        return [
+            entry.lineno
+            for entry in self.entries
+            if not entry.cert_authority and not entry.options.principals
+        ]
+
     def find(self, key_blob: bytes) -> list[AuthorizedKey]:
         """
         Every entry whose key has exactly this SSH wire blob, in file order.
