@@ -115,7 +115,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -123,6 +122,7 @@ import attrs
 
 from wraith_conch.gateway.authorized_keys import KeyOptions
 from wraith_conch.patterns import wildcard_match
+from wraith_conch.tomlfile import parse_toml
 
 __all__ = [
     "BUILTIN_DENY",
@@ -642,13 +642,7 @@ def parse_forward_policy(data: bytes, source: str) -> ForwardPolicy:
     Parse a rules file (format in the module docstring).  C{source} names
     it in the one-line L{ForwardPolicyError} raised for any mistake.
     """
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ForwardPolicyError(f"{source}: not valid UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        detail = " ".join(str(e).split())
-        raise ForwardPolicyError(f"{source}: not valid TOML: {detail}") from None
+    document = parse_toml(data, source, ForwardPolicyError)
 
     for key in document:
         if key not in _TOP_KEYS:

@@ -41,7 +41,6 @@ the C{known_hosts} files it names (through an injectable reader).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +50,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
 
 from wraith_conch.gateway.auth import decode_login_name
+from wraith_conch.tomlfile import parse_toml
 from wraith_conch.upstream.client import TargetAddress, UpstreamError
 from wraith_conch.upstream.known_hosts import (
     KnownHostEntry,
@@ -275,13 +275,7 @@ def parse_targets(
     is where relative C{known_hosts} paths start from; C{read_known_hosts}
     reads such a file (may raise L{KnownHostsError}).
     """
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise TargetsError(f"{source}: not valid UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        detail = " ".join(str(e).split())
-        raise TargetsError(f"{source}: not valid TOML: {detail}") from None
+    document = parse_toml(data, source, TargetsError)
 
     for key in document:
         if key not in _TOP_KEYS:

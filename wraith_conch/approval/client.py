@@ -59,7 +59,11 @@ from wraith_conch.approval.protocol import (
     pong_frame,
     request_frame,
 )
-from wraith_conch.approval.wsclient import reconnecting_connection, send_text
+from wraith_conch.approval.wsclient import (
+    connecting_request,
+    reconnecting_connection,
+    send_text,
+)
 
 RETRY_FIRST_DELAY = 1.0
 """Upper bound of the first reconnection delay, in seconds (PROTOCOL.md: <= 1 s)."""
@@ -393,17 +397,12 @@ class ApprovalClient(MultiService):
     # --- the session's callbacks --------------------------------------------
 
     def _connecting_request(self) -> ConnectingRequest:
-        # The handshake is built here rather than from the factory's
-        # attributes: the token then lives in one place, and an IPv6 host
-        # goes into the Host header in brackets (autobahn leaves them off).
-        headers = {} if self._token is None else {"Authorization": f"Bearer {self._token}"}
-        return ConnectingRequest(
-            host=self._host_header,
+        return connecting_request(
+            host_header=self._host_header,
             port=self._port,
             resource=self._resource,
-            headers=headers,
-            useragent="wraith-conch",
-            protocols=[SUBPROTOCOL],
+            token=self._token,
+            subprotocol=SUBPROTOCOL,
         )
 
     def _subprotocol_refused(self, selected: str | None) -> None:

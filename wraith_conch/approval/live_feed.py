@@ -45,7 +45,11 @@ from zope.interface import Interface, implementer
 
 from wraith_conch.approval.client import parse_approval_url, retry_delay
 from wraith_conch.approval.protocol import Ignored, _brief, load_frame_object
-from wraith_conch.approval.wsclient import reconnecting_connection, send_text
+from wraith_conch.approval.wsclient import (
+    connecting_request,
+    reconnecting_connection,
+    send_text,
+)
 from wraith_conch.interception.screen import Screen
 
 FEED_SUBPROTOCOL = "wraith.live.v1"
@@ -420,14 +424,12 @@ class LiveFeedClient(MultiService):
         return closed.addCallback(lambda _: MultiService.stopService(self))
 
     def _connecting_request(self) -> ConnectingRequest:
-        headers = {} if self._token is None else {"Authorization": f"Bearer {self._token}"}
-        return ConnectingRequest(
-            host=self._host_header,
+        return connecting_request(
+            host_header=self._host_header,
             port=self._port,
             resource=self._resource,
-            headers=headers,
-            useragent="wraith-conch",
-            protocols=[FEED_SUBPROTOCOL],
+            token=self._token,
+            subprotocol=FEED_SUBPROTOCOL,
         )
 
     def _opened(self, session: _FeedSession) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.types import ConnectingRequest
 from twisted.application.internet import ClientService
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
@@ -28,6 +29,25 @@ def send_text(protocol, text: str) -> bool:
     except Disconnected:
         return False
     return True
+
+
+def connecting_request(
+    *, host_header: str, port: int, resource: str, token: str | None, subprotocol: str
+) -> ConnectingRequest:
+    """
+    The opening handshake, built by the owner rather than from the factory's
+    attributes: the token then lives in one place, and an IPv6 host goes
+    into the Host header in brackets (autobahn leaves them off).
+    """
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return ConnectingRequest(
+        host=host_header,
+        port=port,
+        resource=resource,
+        headers=headers,
+        useragent="wraith-conch",
+        protocols=[subprotocol],
+    )
 
 
 class _OwnedClientFactory(WebSocketClientFactory):
