@@ -29,6 +29,7 @@ from tests.listenerharness import (
     tls_listen,
 )
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.proxy_header_client import V2_SIGNATURE, header
 from tests.sshd import start_sshd
 from wraith_conch.config import Config, ConfigError, build_config
@@ -485,6 +486,13 @@ class SeveralListenersTests(unittest.TestCase):
                 ("proxy-v1", "203.0.113.7"),
                 ("proxy-v2", "[2001:db8::7]"),
             ],
+        )
+        # ssh exits when it has its output; the gateway logs the close when
+        # it sees the TCP connection go, a moment later.
+        yield wait_until(
+            lambda: len(connection_events(self.events, opened=False)) >= 4,
+            "four connection-closed lines",
+            timeout=10,
         )
         closed = [e["transport"] for e in connection_events(self.events, opened=False)]
         self.assertEqual(sorted(closed), ["proxy-v1", "proxy-v2", "tcp", "tls"])
