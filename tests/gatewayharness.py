@@ -12,6 +12,7 @@ import subprocess
 
 from twisted.internet import reactor
 
+from tests.polling import wait_until
 from tests.sshd import TargetSSHD
 from wraith_conch.approval.client import ApprovalClient
 from wraith_conch.config import build_config
@@ -36,6 +37,29 @@ def keygen(path: str, kind: str = "ed25519") -> str:
     )
     with open(path + ".pub") as f:
         return f.read().strip()
+
+
+def minimal_options(base: str, **extra: str) -> dict[str, str]:
+    """
+    The least C{twistd wraith} options that make a valid config (files in
+    C{base}, nothing started), plus C{extra}: for tests of one flag's checks.
+    """
+    os.makedirs(base, exist_ok=True)
+    identity = os.path.join(base, "id")
+    keygen(identity)
+    known = os.path.join(base, "known_hosts")
+    open(known, "w").close()
+    authorized = os.path.join(base, "authorized_keys")
+    with open(authorized, "w") as f:
+        f.write(keygen(os.path.join(base, "op")) + "\n")
+    return {
+        "authorized-keys": authorized,
+        "host-key": os.path.join(base, "hk"),
+        "target": "127.0.0.1:22",
+        "target-known-hosts": known,
+        "target-identity": identity,
+        **extra,
+    }
 
 
 class Gateway:
@@ -82,6 +106,19 @@ class Gateway:
             f.write(
                 f"[127.0.0.1]:{self.port_number} {self.config.host_key.public().toString('openssh').decode()}\n"
             )
+
+    def all_closed(self, timeout: float = 10.0):
+        """
+        Fires once the gateway has seen every operator connection close.
+
+        A client process exits as soon as it has its output; the gateway
+        closes the session (recording, audit, log lines) only when it notices
+        the TCP connection go, a moment later: wait for that before asserting
+        on what the close writes.
+        """
+        return wait_until(
+            lambda: not self.port.factory.live, "the gateway to see every connection close", timeout
+        )
 
     def paramiko_client(self, user: str | None = None):
         """A connected paramiko client (blocking: use from a thread)."""

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 
@@ -35,12 +36,13 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from tests.polling import wait_until
+from wraith_conch.approval import hub as hub_module
 from wraith_conch.approval.client import ApprovalClient
 from wraith_conch.approval.hub import (
     CLOSE_POLICY,
@@ -1115,6 +1117,71 @@ class EmbeddingTests(TestCase):
         self.assertEqual(snapshot["reviewer"], "admin")
 
 
+class AnnounceTests(TestCase):
+    """Where the admin's login link goes when nobody set up --reviewers."""
+
+    def in_temporary_directory(self) -> str:
+        path = tempfile.mkdtemp(prefix="wraith-announce-test-")
+        self.addCleanup(shutil.rmtree, path, True)
+        here = os.getcwd()
+        os.chdir(path)
+        self.addCleanup(os.chdir, here)
+        return path
+
+    def test_a_real_stdout_gets_the_link(self):
+        base = self.in_temporary_directory()
+        with open(os.path.join(base, "out"), "w+") as out:
+            self.patch(sys, "__stdout__", out)
+            where = hub_module._announce_to_stdout("the link")
+            out.seek(0)
+            self.assertEqual(out.read(), "the link\n")
+        self.assertEqual(where, "printed once to stdout")
+        self.assertFalse(os.path.exists(os.path.join(base, hub_module.LOGIN_LINK_FILE)))
+
+    def test_a_stdout_on_dev_null_sends_the_link_to_a_private_file(self):
+        base = self.in_temporary_directory()
+        path = os.path.join(base, hub_module.LOGIN_LINK_FILE)
+        with open(path, "w") as old:  # left by an earlier run, readable by all
+            old.write("an older, longer link that must not survive\n")
+        os.chmod(path, 0o644)
+        with open(os.devnull, "w") as devnull:
+            self.patch(sys, "__stdout__", devnull)
+            where = hub_module._announce_to_stdout("the link")
+        self.assertIn(path, where)
+        with open(path) as f:
+            self.assertEqual(f.read(), "the link\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+    def test_no_stdout_at_all(self):
+        base = self.in_temporary_directory()
+        self.patch(sys, "__stdout__", None)
+        hub_module._announce_to_stdout("the link")
+        with open(os.path.join(base, hub_module.LOGIN_LINK_FILE)) as f:
+            self.assertEqual(f.read(), "the link\n")
+
+    @defer.inlineCallbacks
+    def test_a_link_that_cannot_be_shown_is_an_error_in_the_log(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def unwritable(text):
+            raise PermissionError(13, "Permission denied", "/run/wraith/x")
+
+        service, _hub, _url = make_hub_service(
+            reactor, "tcp:0:interface=127.0.0.1", None, GATEWAY_TOKEN, announce=unwritable
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield wait_until(
+            lambda: any(e.get("log_level") == LogLevel.error for e in events), "the error line"
+        )
+        [error] = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertIn("nobody can log in", error["log_format"])
+        self.assertEqual(error["error"], "/run/wraith/x: Permission denied")
+        self.assertIsNotNone(service.port)  # the hub still serves gateways
+
+
 class TwistdHubTests(TestCase):
     """A real C{twistd -n wraith-hub} process."""
 
@@ -1156,6 +1223,76 @@ class TwistdHubTests(TestCase):
         result = self.run_twistd("--gateway-token-file=/nonexistent/token")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("/nonexistent/token", result.stdout + result.stderr)
+
+    @defer.inlineCallbacks
+    def test_daemon_writes_the_login_link_to_a_private_file(self):
+        # A daemonized twistd points stdout at /dev/null: the link goes to a
+        # 0600 file in its --rundir, and the log says where (not the token).
+        base = self.temporary_directory()
+        logfile, pidfile = os.path.join(base, "hub.log"), os.path.join(base, "hub.pid")
+        port = free_port()
+        started = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                f"--pidfile={pidfile}",
+                f"--logfile={logfile}",
+                f"--rundir={base}",
+                "wraith-hub",
+                f"--hub-listen=tcp:{port}:interface=127.0.0.1",
+                f"--gateway-token={GATEWAY_TOKEN}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.assertEqual(started.returncode, 0, started.stdout + started.stderr)
+        self.assertNotIn("login?token=", started.stdout + started.stderr)
+
+        def daemon_pid():
+            try:
+                with open(pidfile) as f:
+                    return int(f.read().strip() or 0) or None
+            except (OSError, ValueError):
+                return None
+
+        def stop():
+            pid = daemon_pid()
+            if pid is None:
+                return
+            try:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):  # up to 10 s for a clean exit
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        self.addCleanup(stop)
+        link_file = os.path.join(base, hub_module.LOGIN_LINK_FILE)
+        yield wait_until(lambda: os.path.exists(link_file), "the login link file", timeout=30)
+        yield wait_until(lambda: os.path.getsize(link_file) > 0, "the link written", timeout=10)
+        self.assertEqual(os.stat(link_file).st_mode & 0o777, 0o600)
+        with open(link_file) as f:
+            match = re.search(rf"http://127\.0\.0\.1:{port}/login\?token=(\S+)", f.read())
+        self.assertIsNotNone(match)
+
+        class Remote:
+            local_address = ("127.0.0.1", port)
+
+        reviewer = yield ReviewerSocket.open(self, Remote, token=match.group(1))
+        snapshot = yield reviewer.of_type("snapshot")
+        self.assertEqual(snapshot["reviewer"], "admin")
+        yield reviewer.close()
+        with open(logfile) as f:
+            log = f.read()
+        self.assertIn(f"written to {link_file} (mode 0600), because stdout is closed", log)
+        self.assertNotIn(match.group(1), log)
+        self.assertNotIn(GATEWAY_TOKEN, log)
 
     @defer.inlineCallbacks
     def test_standalone_hub(self):
@@ -1200,7 +1337,7 @@ class TwistdHubTests(TestCase):
             with open(out_path) as f:
                 return re.search(r"/login\?token=(\S+)", f.read())
 
-        for _ in range(150):
+        for _ in range(300):  # up to 30 s: a loaded machine is slow to start twistd
             if process.poll() is not None or link():
                 break
             yield sleep(0.1)

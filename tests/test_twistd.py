@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +22,10 @@ from twisted.trial import unittest
 from tests.approval_service import ApprovalService
 from tests.gatewayharness import home_of, keygen
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
+from tests.test_hub import ReviewerSocket, make_request
+from wraith_conch.approval.client import ApprovalClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +46,8 @@ FLAGS = [
 ]
 
 
+# At least 16 characters, as any hub asks of a gateway token.
+JOIN_TOKEN = "embedded-hub-join-token-4f1e9a"
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 
@@ -289,7 +295,9 @@ class TwistdGatewayTests(unittest.TestCase):
             stderr=subprocess.STDOUT,
         )
         self.addCleanup(self.stop_gateway)
-        for _ in range(100):  # up to 10 s for the key file and the port
+        # Up to 30 s for the key file and the connection: a loaded machine
+        # can take seconds just to import and start twistd.
+        for _ in range(300):
             if self.process.poll() is not None:
                 self.fail(f"twistd exited: {self.process.stdout.read().decode()}")
             if os.path.exists(self.host_key) and self.service.connections:
@@ -340,6 +348,8 @@ class TwistdGatewayTests(unittest.TestCase):
         exit_code = yield threads.deferToThread(self.process.wait, 20)
         self.assertEqual(exit_code, 0)
         self.assertFalse(os.path.exists(marker))
+        # The process may exit before this reactor has read its last frames.
+        yield wait_until(lambda: self.service.cancels, "the cancel frame", timeout=10)
         cancels = [c["id"] for c in self.service.cancels]
         self.assertEqual(cancels, [self.service.requests[-1]["id"]])
 
@@ -350,7 +360,16 @@ class TwistdGatewayTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         import json
 
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        # Every line up to the close, once the gateway has seen the client go.
+        def closed_logged() -> bool:
+            with open(self.logfile) as f:
+                return "connection closed" in f.read()
+
+        yield wait_until(
+            closed_logged,
+            "the connection-closed line in the log",
+            timeout=10,
+        )
         events = []
         with open(self.logfile) as f:
             for line in f:
@@ -389,6 +408,10 @@ class EmbeddedHubTests(unittest.TestCase):
         self.audit = os.path.join(self.base, "audit.jsonl")
         self.recordings = os.path.join(self.base, "recordings")
         os.makedirs(self.recordings)
+        # The token other gateways send to join this embedded hub.
+        token_file = os.path.join(self.base, "gateway_token")
+        with open(token_file, "w") as f:
+            f.write(JOIN_TOKEN + "\n")
         argv = twistd_argv(
             "-n", "--pidfile=", f"--logfile={os.path.join(self.base, 'twistd.log')}", "wraith",
             f"--listen=tcp:{self.port}:interface=127.0.0.1",
@@ -397,6 +420,7 @@ class EmbeddedHubTests(unittest.TestCase):
             f"--target-known-hosts={self.sshd.known_hosts_path}",
             f"--target-identity={self.sshd.client_key_path}", f"--authorized-keys={keys_path}",
             f"--audit-log={self.audit}", f"--record-dir={self.recordings}",
+            f"--approval-token-file={token_file}",
         )  # fmt: skip
         self.process = subprocess.Popen(
             argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
@@ -407,9 +431,8 @@ class EmbeddedHubTests(unittest.TestCase):
         stop_process(self.process)
 
     @defer.inlineCallbacks
-    def test_reviewer_approves_through_the_embedded_hub(self):
-        import re
-
+    def admin_token(self):
+        """The admin's token, from the login link the hub prints once."""
         login = yield threads.deferToThread(self.process.stdout.readline)
         for _ in range(5):
             if "/login?token=" in login:
@@ -417,26 +440,31 @@ class EmbeddedHubTests(unittest.TestCase):
             login = yield threads.deferToThread(self.process.stdout.readline)
         match = re.search(r"/login\?token=(\S+)", login)
         self.assertIsNotNone(match, login)
-        token = match.group(1)
-        for _ in range(100):
-            if os.path.exists(self.host_key):
-                break
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        return match.group(1)
+
+    def review_cli(self, token: str) -> list[str]:
+        return [sys.executable, "-m", "wraith_conch.review_cli",
+                "--hub", f"http://127.0.0.1:{self.hub_port}", "--token", token]  # fmt: skip
+
+    @defer.inlineCallbacks
+    def test_reviewer_approves_through_the_embedded_hub(self):
+        token = yield self.admin_token()
+        yield wait_until(lambda: os.path.exists(self.host_key), "the host key", timeout=30)
         known = os.path.join(self.base, "known_hosts")
         pin_gateway_key(known, self.port, self.host_key)
+
         # The hub prints the link when it starts, which can be before the
         # gateway's own listener is up: an ssh sent now could be refused.
-        for _ in range(100):
+        def listening() -> bool:
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            yield task.deferLater(reactor, 0.1, lambda: None)
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        yield wait_until(listening, "the gateway's listener", timeout=30)
         marker = os.path.join(home_of(self.sshd), f"hub-{os.getpid()}-{self.port}")
         self.addCleanup(lambda: os.path.exists(marker) and os.unlink(marker))
         argv = operator_argv(self.port, self.operator_key, known, self.sshd.user, f"touch {marker}")
         running = spawn_ssh(reactor, argv)
-        review = [sys.executable, "-m", "wraith_conch.review_cli",
-                  "--hub", f"http://127.0.0.1:{self.hub_port}", "--token", token]  # fmt: skip
+        review = self.review_cli(token)
         env = {"PYTHONPATH": REPO}
         request_id = None
         for _ in range(50):
@@ -465,3 +493,49 @@ class EmbeddedHubTests(unittest.TestCase):
         decisions = [r for r in records if r.get("event") == "decision"]
         self.assertEqual(decisions[-1]["decision"], "approve")
         self.assertEqual(decisions[-1]["id"], request_id)
+
+    @defer.inlineCallbacks
+    def test_other_gateways_join_with_the_approval_token(self):
+        # --approval-token on an embedded gateway is the token its hub asks
+        # of other gateways, so a second gateway can share the reviewers.
+        admin = yield self.admin_token()
+        yield wait_until(lambda: os.path.exists(self.host_key), "the gateway to start", timeout=30)
+
+        class Hub:
+            local_address = ("127.0.0.1", self.hub_port)
+
+        refused = yield ReviewerSocket.open(
+            self, Hub, path="/gateway", token="wrong-token-for-this-hub", expect_open=False
+        )
+        self.assertIn("401", refused.close_reason)
+        second = ApprovalClient(
+            reactor,
+            f"ws://127.0.0.1:{self.hub_port}/gateway",
+            token=JOIN_TOKEN,
+            gateway_name="gw-2",
+            timeout=60,
+            retry_policy=lambda attempt: 0.1,
+        )
+        second.startService()
+        self.addCleanup(second.stopService)
+        yield second.when_open().addTimeout(30, reactor)
+        decided = second.request_decision(make_request("uptime", session="gw2-session"))
+        env = {"PYTHONPATH": REPO}
+        pending = []
+        for _ in range(50):
+            code, out, err = yield spawn_ssh(
+                reactor, [*self.review_cli(admin), "list", "--json"], env=env
+            )
+            pending = json.loads(out or b"[]") if code == 0 else []
+            if pending:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([p["command"] for p in pending], ["uptime"])
+        code, out, err = yield spawn_ssh(
+            reactor, [*self.review_cli(admin), "approve", pending[0]["id"]], env=env
+        )
+        self.assertEqual(code, 0, err)
+        decision = yield decided
+        self.assertEqual((decision.approved, decision.reviewer), (True, "admin"))
+        with open(os.path.join(self.base, "twistd.log")) as f:
+            self.assertNotIn(JOIN_TOKEN, f.read())

@@ -7,7 +7,6 @@ secrets) and never decide or hold up anything.
 from __future__ import annotations
 
 import json
-import os
 from base64 import b64encode
 
 from twisted.internet import defer, reactor
@@ -17,7 +16,7 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
-from tests.gatewayharness import keygen
+from tests.gatewayharness import minimal_options
 from tests.test_hub import make_request, start_gateway, start_hub, wait_until
 from wraith_conch import hub_tap
 from wraith_conch.approval.webhook import Webhook, check_webhook_url
@@ -161,23 +160,7 @@ class WebhookFlagTests(TestCase):
         self.assertNotIn("SECRET", str(caught.exception))
 
     def _options(self, **extra):
-        base = self.mktemp()
-        os.makedirs(base)
-        identity = os.path.join(base, "id")
-        keygen(identity)
-        known = os.path.join(base, "known_hosts")
-        open(known, "w").close()
-        authorized = os.path.join(base, "authorized_keys")
-        with open(authorized, "w") as f:
-            f.write(keygen(os.path.join(base, "op")) + "\n")
-        return {
-            "authorized-keys": authorized,
-            "host-key": os.path.join(base, "hk"),
-            "target": "127.0.0.1:22",
-            "target-known-hosts": known,
-            "target-identity": identity,
-            **extra,
-        }
+        return minimal_options(self.mktemp(), **extra)
 
     def test_wraith_flag(self):
         config = build_config(self._options(webhook="http://127.0.0.1:9/h"), reactor)

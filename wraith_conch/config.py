@@ -248,6 +248,12 @@ def build_config(options: dict, reactor) -> Config:
             raise ConfigError("approval-token-file", f"{token_file} is empty")
     if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
         raise ConfigError("approval-token", "the token must be printable ASCII without spaces")
+    if token is not None and approval == "embedded" and len(token) < 16:
+        # With the embedded hub the token is the one other gateways must
+        # send to join it: held to the standalone hub's rule.
+        raise ConfigError(
+            "approval-token", "the embedded hub's token is too short (at least 16 characters)"
+        )
 
     timeout_text = options.get("approval-timeout")
     try:

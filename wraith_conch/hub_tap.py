@@ -7,7 +7,8 @@ C{twistd wraith-hub}: the approval hub on its own, options and service tree.
 Gateways then run with C{--approval ws://HUB:8022/gateway} and the same
 token (and, for reviewers to watch their sessions, C{--live-feed
 ws://HUB:8022/live-feed}); reviewers open C{http://HUB:8022/}.  Without C{--reviewers} the hub
-makes one reviewer, C{admin}, and prints its login link once to stdout.
+makes one reviewer, C{admin}, and prints its login link once to stdout (to a
+0600 file in the working directory when a daemon's stdout is /dev/null).
 The reviewers file format is described in L{wraith_conch.approval.reviewers}.
 """
 

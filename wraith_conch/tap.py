@@ -232,8 +232,9 @@ def makeService(options: Options) -> service.IService:
         _Closing(trail).setServiceParent(top)
     if config.approval == "embedded":
         # The hub in this process; the gateway still speaks PROTOCOL.md to it
-        # over loopback, exactly as to an outside service.
-        token = secrets.token_urlsafe(32)
+        # over loopback, exactly as to an outside service.  A given token
+        # lets other gateways join this hub; a random one keeps it private.
+        token = config.approval_token or secrets.token_urlsafe(32)
         hub, _state, url = make_hub_service(
             reactor, config.hub_listen, config.reviewers, token, webhook=config.webhook
         )

@@ -85,6 +85,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import re
 import sys
 from collections import Counter, OrderedDict, deque
@@ -1210,12 +1211,42 @@ class _HubFactory(WebSocketServerFactory):
         return protocol
 
 
-def _announce_to_stdout(text: str) -> None:
-    # The real stdout, not twistd's log-redirected sys.stdout: the login
-    # link carries the admin token and must never reach a log file.
-    out = sys.__stdout__ or sys.stdout
-    out.write(text + "\n")
-    out.flush()
+#: Where the admin login link goes when stdout is closed (a daemonized twistd):
+#: this name in the working directory, which is twistd's C{--rundir}.
+LOGIN_LINK_FILE = "wraith-admin-login.txt"
+
+
+def _announce_to_stdout(text: str) -> str:
+    """
+    Show the login link once; return where it went, for the log line.
+
+    The real stdout, not twistd's log-redirected C{sys.stdout}: the link
+    carries the admin token and must never reach a log file.  A daemonized
+    twistd has pointed stdout at /dev/null, where the link would be lost, so
+    it goes to a 0600 file instead.
+    """
+    out = sys.__stdout__
+    if out is not None and not _goes_nowhere(out):
+        out.write(text + "\n")
+        out.flush()
+        return "printed once to stdout"
+    path = os.path.abspath(LOGIN_LINK_FILE)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file of that name may have had another mode
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+    return f"written to {path} (mode 0600), because stdout is closed"
+
+
+def _goes_nowhere(stream: Any) -> bool:
+    """Is C{stream} closed, or /dev/null (where twistd points a daemon's stdout)?"""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return True
 
 
 class HubService(MultiService):
@@ -1240,7 +1271,7 @@ class HubService(MultiService):
         *,
         hub: Hub | None = None,
         admin_token: str | None = None,
-        announce: Callable[[str], None] | None = _announce_to_stdout,
+        announce: Callable[[str], str | None] | None = _announce_to_stdout,
         local_host: str = "127.0.0.1",
     ) -> None:
         super().__init__()
@@ -1314,13 +1345,22 @@ class HubService(MultiService):
             self._listening.addCallback(self._announce_login, token)
 
     def _announce_login(self, port: IListeningPort, token: str) -> IListeningPort:
+        try:
+            where = self._announce(
+                "wraith-hub: reviewer console for 'admin' (this link is shown once):\n"
+                f"    {self.console_url}/login?token={token}"
+            )
+        except OSError as e:
+            self.log.error(
+                "no reviewers file, and the console login link for reviewer 'admin' could not"
+                " be shown: {error}; nobody can log in to the console (use --reviewers)",
+                error=f"{e.filename}: {e.strerror}" if e.filename else str(e),
+            )
+            return port
         self.log.info(
-            "no reviewers file: the console login link for reviewer 'admin' is printed"
-            " once to stdout (use --reviewers for lasting accounts)"
-        )
-        self._announce(
-            "wraith-hub: reviewer console for 'admin' (this link is shown once):\n"
-            f"    {self.console_url}/login?token={token}"
+            "no reviewers file: the console login link for reviewer 'admin' was {where}"
+            " (use --reviewers for lasting accounts)",
+            where=where or "handed to the announcer",
         )
         return port
 
@@ -1459,7 +1499,7 @@ def make_hub_service(
     gateway_token: str,
     *,
     history: int = DEFAULT_HISTORY,
-    announce: Callable[[str], None] | None = _announce_to_stdout,
+    announce: Callable[[str], str | None] | None = _announce_to_stdout,
     webhook: str | None = None,
 ) -> tuple[HubService, Hub, str]:
     """
@@ -1470,10 +1510,12 @@ def make_hub_service(
     @param reviewers: the accounts (L{Reviewers.load}), or C{None} for one
         C{admin} with a random token whose console login link is passed
         once to C{announce} when the service starts (default: printed to
-        the process's real stdout, never logged).
+        the process's real stdout, or a 0600 file when that is /dev/null;
+        never logged).
     @param gateway_token: the bearer token gateways must send.  To embed
-        the hub in C{twistd wraith}, pass a random token and give the same
-        to the L{ApprovalClient} together with C{gateway_url}.
+        the hub in C{twistd wraith}, pass the C{--approval-token} (other
+        gateways may then join) or a random token, and give the same to the
+        L{ApprovalClient} together with C{gateway_url}.
     @return: the service (start it or give it a parent), the L{Hub} and
         the C{ws://} URL of C{/gateway} as reachable from this machine.
         With port 0 the port is bound at once, so the URL is known.
