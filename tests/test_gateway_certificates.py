@@ -10,6 +10,7 @@ import os
 import subprocess
 
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from tests.gatewayharness import Gateway, free_port, keygen
@@ -382,3 +383,78 @@ class TwistdFlagTests(unittest.TestCase):
             output = result.stdout + result.stderr
             self.assertIn(f"{flag}: ", output)
             self.assertIn(words, output)
+
+
+class FilesChangedWhileRunningTests(_Base):
+    """
+    As with sshd, a key or CA removed from its file is refused at the next
+    login, without a restart; a file broken meanwhile lets nobody in by it.
+    """
+
+    def replace(self, path: str, text: str) -> None:
+        tmp = path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    @defer.inlineCallbacks
+    def assertLogsIn(self, gateway: Gateway, *, certificate: bool):
+        if certificate:
+            code, out, err = yield self.ssh(gateway, "id -un")
+        else:
+            argv = gateway.ssh_argv("id -un")
+            argv[argv.index(gateway.operator_key)] = self.user_key
+            code, out, err = yield spawn_ssh(reactor, argv)
+        self.assertEqual((code, out.strip()), (0, self.sshd.user.encode()), err)
+
+    def refusals(self) -> list[str]:
+        # ssh asks about a key before signing with it: a refused key is
+        # refused at that query.
+        return [e.get("reason") for e in self.auth_events("key-refused")]
+
+    def log_texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.log.events]
+
+    @defer.inlineCallbacks
+    def test_authorized_keys(self):
+        with open(self.user_key + ".pub") as f:
+            pub = f.read()
+        gateway = self.gateway(pub, **{"trusted-user-ca-keys": ""})
+        yield self.assertLogsIn(gateway, certificate=False)
+        self.replace(gateway.authorized_keys, "# alice left\n")
+        argv = gateway.ssh_argv("id -un")
+        argv[argv.index(gateway.operator_key)] = self.user_key
+        code, out, err = yield spawn_ssh(reactor, argv)
+        self.assertEqual((code, out), (255, b""), err)
+        self.assertIn("key not authorized", self.refusals())
+        self.assertIn(f"reloaded --authorized-keys {gateway.authorized_keys}", self.log_texts())
+        # Broken: nobody gets in by it, and the log says why.
+        self.replace(gateway.authorized_keys, pub + "ssh-ed25519 AAAA!!notbase64 broken\n")
+        code, out, err = yield spawn_ssh(reactor, argv)
+        self.assertEqual((code, out), (255, b""), err)
+        self.assertTrue(
+            any("--authorized-keys unusable, letting no key in" in t for t in self.log_texts())
+        )
+        self.replace(gateway.authorized_keys, pub)
+        yield self.assertLogsIn(gateway, certificate=False)
+        self.assertEqual(len(self.approver.requests), 2)
+
+    @defer.inlineCallbacks
+    def test_trusted_user_ca_keys(self):
+        trusted = os.path.join(self.base, "trusted_user_ca_keys")
+        self.replace(trusted, self.ca.public_line + "\n")
+        self.ca.sign(self.user_key, self.sshd.user, serial=1)
+        gateway = self.gateway(**{"trusted-user-ca-keys": trusted})
+        yield self.assertLogsIn(gateway, certificate=True)
+        self.replace(trusted, "# that CA was retired\n")
+        code, out, err = yield self.ssh(gateway, "id -un")
+        self.assertEqual((code, out), (255, b""), err)
+        self.assertIn("certificate signed by an untrusted CA", self.refusals())
+        self.replace(trusted, "not a key\n")
+        code, out, err = yield self.ssh(gateway, "id -un")
+        self.assertEqual((code, out), (255, b""), err)
+        self.assertTrue(
+            any("--trusted-user-ca-keys unusable, trusting no CA" in t for t in self.log_texts())
+        )
+        self.replace(trusted, self.ca.public_line + "\n")
+        yield self.assertLogsIn(gateway, certificate=True)

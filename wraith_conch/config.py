@@ -20,6 +20,7 @@ from wraith_conch.approval.policy import DEFAULT_POLICY, Policy, PolicyError, lo
 from wraith_conch.approval.reviewers import Reviewers, ReviewersFileError
 from wraith_conch.approval.webhook import check_webhook_url
 from wraith_conch.forwarding_policy import ForwardPolicy, ForwardPolicyError, load_forward_policy
+from wraith_conch.gateway.auth import warn_about_authorized_keys
 from wraith_conch.gateway.authorized_keys import (
     AuthorizedKeys,
     AuthorizedKeysError,
@@ -33,6 +34,7 @@ from wraith_conch.outbound import DIRECT, ProxySpec, parse_proxy_url
 from wraith_conch.targets import Targets, TargetsError, load_targets
 from wraith_conch.upstream.client import TargetAddress
 from wraith_conch.upstream.known_hosts import KnownHosts, KnownHostsError, load_known_hosts
+from wraith_conch.watchedfile import WatchedFile
 
 DEFAULT_LISTEN = "tcp:2222:interface=127.0.0.1"
 DEFAULT_HUB_LISTEN = "tcp:8022:interface=127.0.0.1"
@@ -67,8 +69,14 @@ class Config:
     on_mismatch: str
     gateway_name: str
     authorized_keys_path: str | None = None
-    #: --trusted-user-ca-keys: wire blobs of the CAs whose user certificates log in.
+    #: The shared --authorized-keys file, re-read when it changes (None with %u).
+    authorized_keys_file: WatchedFile[AuthorizedKeys] | None = attrs.field(default=None, repr=False)
+    #: --trusted-user-ca-keys: wire blobs of the CAs whose user certificates
+    #: log in, as at start-up; the file itself, re-read when it changes.
     trusted_user_ca_keys: frozenset[bytes] = attrs.field(factory=frozenset, repr=False)
+    trusted_user_ca_keys_file: WatchedFile[frozenset[bytes]] | None = attrs.field(
+        default=None, repr=False
+    )
     #: --revoked-keys: revoked keys and certificates (re-read when it changes).
     revoked_keys: RevokedKeysFile | None = attrs.field(default=None, repr=False)
     hub_listen: str = DEFAULT_HUB_LISTEN
@@ -152,6 +160,7 @@ def build_config(options: dict, reactor) -> Config:
 
     identity = None
     authorized_keys = None
+    authorized_keys_file = None
     if auth == "keys":
         identity_path = options.get("target-identity")
         if not identity_path:
@@ -178,11 +187,20 @@ def build_config(options: dict, reactor) -> Config:
                 raise ConfigError("authorized-keys", f"{directory} is not a directory")
         else:
             try:
-                authorized_keys = load_authorized_keys(keys_path)
+                authorized_keys_file = WatchedFile(
+                    keys_path,
+                    load_authorized_keys,
+                    flag="--authorized-keys",
+                    errors=(AuthorizedKeysError,),
+                    unusable=AuthorizedKeys(source=keys_path),
+                    consequence="letting no key in",
+                    on_reload=warn_about_authorized_keys,
+                )
             except AuthorizedKeysError as e:
                 raise ConfigError("authorized-keys", str(e)) from None
+            authorized_keys = authorized_keys_file.current()
 
-    trusted_user_ca_keys, revoked_keys = _certificate_settings(options, auth)
+    trusted_ca_file, revoked_keys = _certificate_settings(options, auth)
 
     approval = options.get("approval") or "embedded"
     if approval != "embedded":
@@ -312,7 +330,9 @@ def build_config(options: dict, reactor) -> Config:
         target_identity=identity,
         authorized_keys=authorized_keys,
         authorized_keys_path=_expand(options.get("authorized-keys")) or None,
-        trusted_user_ca_keys=trusted_user_ca_keys,
+        authorized_keys_file=authorized_keys_file,
+        trusted_user_ca_keys=trusted_ca_file.current() if trusted_ca_file else frozenset(),
+        trusted_user_ca_keys_file=trusted_ca_file,
         revoked_keys=revoked_keys,
         auth=auth,
         log_format=log_format,
@@ -326,17 +346,24 @@ def build_config(options: dict, reactor) -> Config:
 
 def _certificate_settings(
     options: dict, auth: str
-) -> tuple[frozenset[bytes], RevokedKeysFile | None]:
+) -> tuple[WatchedFile[frozenset[bytes]] | None, RevokedKeysFile | None]:
     """--trusted-user-ca-keys and --revoked-keys, which fail closed: a file
     that cannot be read or parsed stops the start-up."""
-    trusted: frozenset[bytes] = frozenset()
+    trusted = None
     revoked = None
     for flag in ("trusted-user-ca-keys", "revoked-keys"):
         if options.get(flag) and auth != "keys":
             raise ConfigError(flag, "only with --auth keys")
     if options.get("trusted-user-ca-keys"):
         try:
-            trusted = load_trusted_ca_keys(_expand(options["trusted-user-ca-keys"]))
+            trusted = WatchedFile(
+                _expand(options["trusted-user-ca-keys"]),
+                load_trusted_ca_keys,
+                flag="--trusted-user-ca-keys",
+                errors=(TrustedCAKeysError,),
+                unusable=frozenset(),
+                consequence="trusting no CA",
+            )
         except TrustedCAKeysError as e:
             raise ConfigError("trusted-user-ca-keys", str(e)) from None
     if options.get("revoked-keys"):

@@ -19,6 +19,7 @@ from wraith_conch.approval.live_feed import LiveFeed, LiveFeedClient
 from wraith_conch.audit.trail import AuditingApprover, AuditTrail
 from wraith_conch.config import DEFAULT_LISTEN, Config, ConfigError, build_config
 from wraith_conch.gateway.assembly import build_gateway_factory
+from wraith_conch.gateway.auth import warn_about_authorized_keys
 from wraith_conch.gateway.listeners import build_listener
 from wraith_conch.gateway.server import GracefulShutdown
 from wraith_conch.logs import json_observer_for_twistd
@@ -258,21 +259,8 @@ def makeService(options: Options) -> service.IService:
     )
     client.setServiceParent(top)
     approver = AuditingApprover(client, trail, config.policy)
-    for skipped in config.authorized_keys.skipped if config.authorized_keys else ():
-        log.warn(
-            "--authorized-keys line {lineno} ignored: {reason}",
-            lineno=skipped.lineno,
-            reason=skipped.reason,
-        )
-    unbound = config.authorized_keys.unbound_lines() if config.authorized_keys else []
-    if unbound:
-        # The user name picks the account on the target: in a shared file,
-        # a key without principals= may choose any (docs/security.md).
-        log.warn(
-            "--authorized-keys lines {lines} have no principals=: each of those keys may log"
-            " in under any user name (bind them with principals=, or use per-user %u files)",
-            lines=", ".join(map(str, unbound[:20])) + (" ..." if len(unbound) > 20 else ""),
-        )
+    if config.authorized_keys is not None:
+        warn_about_authorized_keys(config.authorized_keys)
     factory = build_gateway_factory(reactor, config, approver, session_watch=session_watch)
     # Operators are told and drained while the approval client denies what
     # is pending (services stop together).

@@ -76,8 +76,16 @@ def build_gateway_factory(
         checker = PassthroughChecker(connect, router)
     else:
         checker = AuthorizedKeysChecker(
-            authorized_keys_source(config.authorized_keys_path or "", config.authorized_keys),
-            trusted_ca_keys=config.trusted_user_ca_keys,
+            authorized_keys_source(
+                config.authorized_keys_path or "",
+                config.authorized_keys,
+                config.authorized_keys_file,
+            ),
+            trusted_ca_keys=(
+                config.trusted_user_ca_keys_file.current
+                if config.trusted_user_ca_keys_file
+                else config.trusted_user_ca_keys
+            ),
             revoked=config.revoked_keys,
         )
     return GatewayFactory(

@@ -46,6 +46,7 @@ from wraith_conch.gateway.certificates import (
 from wraith_conch.gateway.revocation import RevokedKeysFile
 from wraith_conch.upstream.client import UpstreamAuthFailed, UpstreamConnection, UpstreamLogin
 from wraith_conch.upstream.known_hosts import sha256_fingerprint
+from wraith_conch.watchedfile import WatchedFile
 
 _log = Logger()
 
@@ -147,7 +148,7 @@ class AuthorizedKeysChecker:
     a line with C{principals="alice,bob"} may log in only as those users.
 
     OpenSSH user certificates log in when their CA is in C{trusted_ca_keys}
-    (key blobs, C{--trusted-user-ca-keys}) or on a C{cert-authority} line
+    (key blobs, or a callable giving them: C{--trusted-user-ca-keys}) or on a C{cert-authority} line
     (L{wraith_conch.gateway.certificates}); C{revoked} (C{--revoked-keys})
     refuses keys, certificates and CAs.
     """
@@ -159,12 +160,15 @@ class AuthorizedKeysChecker:
         keys_for: Callable[[str], AuthorizedKeys],
         now: Callable[[], datetime] | None = None,
         *,
-        trusted_ca_keys: frozenset[bytes] = frozenset(),
+        trusted_ca_keys: frozenset[bytes] | Callable[[], frozenset[bytes]] = frozenset(),
         revoked: RevokedKeysFile | None = None,
     ) -> None:
         self._keys_for = keys_for
         self._now = now or (lambda: datetime.now(UTC))
-        self._trusted_ca_keys = trusted_ca_keys
+        # A callable is asked at each login (the file may have changed).
+        self._trusted_ca_keys = (
+            trusted_ca_keys if callable(trusted_ca_keys) else (lambda: trusted_ca_keys)
+        )
         self._revoked = revoked
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
@@ -218,7 +222,7 @@ class AuthorizedKeysChecker:
                 user=login.user,
                 client_address=host,
                 now=now,
-                trusted_ca_blobs=self._trusted_ca_keys,
+                trusted_ca_blobs=self._trusted_ca_keys(),
                 authority_lines=self._keys_for(login.user).authorities(cert.ca_blob, host, now),
             )
         except CertificateError as e:
@@ -242,15 +246,19 @@ class AuthorizedKeysChecker:
 
 
 def authorized_keys_source(
-    path: str, loaded: AuthorizedKeys | None
+    path: str, loaded: AuthorizedKeys | None, watched: WatchedFile[AuthorizedKeys] | None = None
 ) -> Callable[[str], AuthorizedKeys]:
     """
-    Where the keys for a user come from: the file loaded at start-up, or,
-    for a path with C{%u}, that user's own file read at each login (so it
-    can change without a restart).  A missing or malformed per-user file
-    lets nobody in as that user; the error is logged, never the keys.
+    Where the keys for a user come from: the shared file (C{watched}, re-read
+    when it changes, so a deleted key stops working at once as with sshd),
+    or, for a path with C{%u}, that user's own file read at each login.  A
+    missing or malformed per-user file lets nobody in as that user; the
+    error is logged, never the keys.  C{loaded} serves when there is no file
+    to watch (certificates only).
     """
     if "%u" not in path:
+        if watched is not None:
+            return lambda user: watched.current()
         return lambda user: loaded
 
     def per_user(user: str) -> AuthorizedKeys:
@@ -261,6 +269,25 @@ def authorized_keys_source(
             return AuthorizedKeys()
 
     return per_user
+
+
+def warn_about_authorized_keys(keys: AuthorizedKeys) -> None:
+    """Log what an operator should fix in a shared C{--authorized-keys} file."""
+    for skipped in keys.skipped:
+        _log.warn(
+            "--authorized-keys line {lineno} ignored: {reason}",
+            lineno=skipped.lineno,
+            reason=skipped.reason,
+        )
+    unbound = keys.unbound_lines()
+    if unbound:
+        # The user name picks the account on the target: in a shared file,
+        # a key without principals= may choose any (docs/security.md).
+        _log.warn(
+            "--authorized-keys lines {lines} have no principals=: each of those keys may log"
+            " in under any user name (bind them with principals=, or use per-user %u files)",
+            lines=", ".join(map(str, unbound[:20])) + (" ..." if len(unbound) > 20 else ""),
+        )
 
 
 @implementer(ICredentialsChecker)

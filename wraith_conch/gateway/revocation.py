@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import struct
 
 import attrs
@@ -30,7 +29,8 @@ from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     load_ssh_public_identity,
 )
-from twisted.logger import Logger
+
+from wraith_conch.watchedfile import WatchedFile
 
 __all__ = [
     "KRL_MAGIC",
@@ -400,48 +400,30 @@ def load_revoked_keys(path: str) -> RevocationList:
     return parse_revoked_keys(data, path)
 
 
-#: What a revocation file that became unusable means: everything revoked.
-_EVERYTHING = object()
-
-
 class RevokedKeysFile:
     """
     The C{--revoked-keys} file, loaded at start-up (errors are the
-    caller's C{ConfigError}) and re-read when its size, mtime or inode
-    changes, so a new KRL takes effect without a restart as with sshd.
-    A file that later becomes unreadable or malformed refuses every key
-    until it is fixed (fail closed), and says so in the log.
+    caller's C{ConfigError}) and re-read when it changes
+    (L{wraith_conch.watchedfile.WatchedFile}), so a new KRL takes effect
+    without a restart as with sshd.  A file that later becomes unreadable
+    or malformed refuses every key until it is fixed (fail closed), and
+    says so in the log.
     """
-
-    _log = Logger()
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp = self._stat()
-        self._list: RevocationList | object = load_revoked_keys(path)
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._file: WatchedFile[RevocationList | None] = WatchedFile(
+            path,
+            load_revoked_keys,
+            flag="--revoked-keys",
+            errors=(RevocationError,),
+            unusable=None,
+            consequence="refusing every key",
+        )
 
     def current(self) -> RevocationList | None:
         """The revocation list in force; None means refuse every key."""
-        stamp = self._stat()
-        if stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self._list = load_revoked_keys(self.path)
-                self._log.info("reloaded --revoked-keys {path}", path=self.path)
-            except RevocationError as e:
-                self._list = _EVERYTHING
-                self._log.error(
-                    "--revoked-keys unusable, refusing every key until fixed: {error}",
-                    error=str(e),
-                )
-        return None if self._list is _EVERYTHING else self._list
+        return self._file.current()
 
     def key_revoked_reason(self, key_blob: bytes) -> str | None:
         revoked = self.current()
