@@ -266,7 +266,8 @@ class HandshakeTests(ClientTestCase):
 
         service = ApprovalService(self)
         client = self.make_client(service.listen(), token="wrong-token", retry_policy=policy)
-        d = client.request_decision(make_request(reactor, timeout=1.0))
+        # Expiry well after the three retries, even on a loaded machine.
+        d = client.request_decision(make_request(reactor, timeout=3.0))
         await wait_until(lambda: len(attempts) >= 3, "three retries after refused handshakes")
         self.assertEqual(service.opened, 0)
         self.assertEqual(service.frames, [])

@@ -537,7 +537,9 @@ approver = AuditingApprover(Approves(), AuditTrail(sys.argv[1], reactor))
 @defer.inlineCallbacks
 def burst():
     try:
-        for i in range(200):
+        # Far more than the test reads before its SIGKILL (50), so that a
+        # loaded machine slow to send it does not see the burst finish.
+        for i in range(5000):
             req = CommandRequest.new(
                 session="s-crash.0", user="alice", client="127.0.0.1:1", target="t:22",
                 kind="exec", command=f"echo {i}", created=reactor.seconds())

@@ -16,11 +16,12 @@ import socket
 import subprocess
 
 from twisted.conch.ssh import keys
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from tests.gatewayharness import home_of, keygen
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from tests.test_console_browser import SKIP, BrowserThread
 from tests.test_twistd import REPO, twistd_argv
@@ -89,10 +90,17 @@ class ConsoleEndToEndTests(TestCase):
 
     @defer.inlineCallbacks
     def operator_argv(self, command: str):
-        for _ in range(100):
-            if os.path.exists(self.host_key):
-                break
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        def listening() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        # The hub prints the link when it starts, which can be before the
+        # gateway's own listener is up: an ssh sent then could be refused.
+        yield wait_until(
+            lambda: os.path.exists(self.host_key) and listening(),
+            "the gateway's key and listener",
+            timeout=30,
+        )
         known = os.path.join(self.base, "known_hosts")
         with open(known, "w") as f:
             public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
@@ -167,7 +175,14 @@ class ConsoleEndToEndTests(TestCase):
         self.addCleanup(self.browser.stop)
         yield self.browser.start()
         page = yield self.browser.call(self._login, link)
-        command = "echo e2e-first; sleep 4; echo e2e-second"
+        # The session stays live until the browser has seen its first line
+        # (bounded: 30 s), however slowly the browser gets there.
+        go = os.path.join(home_of(self.sshd), f"e2e-go-{os.getpid()}-{self.port}")
+        self.addCleanup(lambda: os.path.exists(go) and os.unlink(go))
+        command = (
+            f"echo e2e-first; for i in $(seq 300); do [ -e {go} ] && break; sleep 0.1; done;"
+            " echo e2e-second"
+        )
         argv = yield self.operator_argv(command)
         running = spawn_ssh(reactor, argv)
         yield self.browser.call(self._decide, page, command, "approve", "watching it")
@@ -179,6 +194,7 @@ class ConsoleEndToEndTests(TestCase):
             page.locator("#live-screen", has_text="e2e-first").wait_for()
             first = screen.inner_text()
             page.screenshot(path=LIVE_SCREENSHOT, full_page=True)
+            open(go, "w").close()
             page.locator("#live-state", has_text="ended").wait_for()
             inputs = page.locator("#live-view textarea, #live-view input").count()
             return first, screen.inner_text(), inputs

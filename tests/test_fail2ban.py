@@ -95,21 +95,23 @@ class Fail2banFilterTests(unittest.TestCase):
             self,
             self.sshd,
             ScriptedApprover(approve_all_except()),
-            **{"max-connections-per-ip": "2", "max-startups": "3", "login-grace-time": "1"},
+            **{"max-connections-per-ip": "2", "max-startups": "3", "login-grace-time": "3"},
         )
         port = gateway.port_number
+        # The grace time leaves a loaded machine time to make every refused
+        # connection below while the held ones still hold their slots.
         # 127.0.0.2: two held, three refused per address (counted).
         held = [connect_raw(reactor, self, port, source="127.0.0.2") for _ in range(2)]
-        yield wait_until(lambda: all(c.got_banner for c in held), "banners")
+        yield wait_until(lambda: all(c.got_banner for c in held), "banners", timeout=10)
         refused = [connect_raw(reactor, self, port, source="127.0.0.2") for _ in range(3)]
-        yield wait_until(lambda: all(c.lost for c in refused), "per-address refusals")
+        yield wait_until(lambda: all(c.lost for c in refused), "per-address refusals", timeout=10)
         # 127.0.0.3: one held, then the startups are full (not counted).
         crowd = [connect_raw(reactor, self, port, source="127.0.0.3")]
-        yield wait_until(lambda: crowd[0].got_banner, "banner")
+        yield wait_until(lambda: crowd[0].got_banner, "banner", timeout=10)
         crowd += [connect_raw(reactor, self, port, source="127.0.0.3") for _ in range(2)]
-        yield wait_until(lambda: all(c.lost for c in crowd[1:]), "startups refusals")
+        yield wait_until(lambda: all(c.lost for c in crowd[1:]), "startups refusals", timeout=10)
         # Every held one outlives the grace time (counted).
-        yield wait_until(lambda: all(c.lost for c in held + crowd), "grace", timeout=10)
+        yield wait_until(lambda: all(c.lost for c in held + crowd), "grace", timeout=15)
         self._close()
         for log_path, filter_name in (
             (self.text_log, "wraith.conf"),

@@ -137,13 +137,17 @@ class AbuseTests(unittest.TestCase):
         # A slot freed is a slot the abuser can use again.
         held[0].close()
         yield held[0].closed
-        yield wait_until(lambda: self.factory.admission.connections_from(ABUSER) == 4, "slot freed")
+        yield wait_until(
+            lambda: self.factory.admission.connections_from(ABUSER) == 4, "slot freed", timeout=10
+        )
         again = connect_raw(reactor, self, gateway.port_number, source=ABUSER)
         yield wait_until(lambda: again.got_banner, "banner again", timeout=10)
 
     @defer.inlineCallbacks
     def test_startups_bounded_and_dropped_after_grace(self):
-        grace = 3.0
+        # Long enough that the 200 connections below are all answered before
+        # the first admitted one's grace runs out, even on a loaded machine.
+        grace = 5.0
         gateway = self.gateway(**{"max-startups": "20", "login-grace-time": str(grace)})
         started = reactor.seconds()
         crowd = []
@@ -173,7 +177,9 @@ class AbuseTests(unittest.TestCase):
         yield wait_until(lambda: all(c.lost for c in admitted), "grace drop", timeout=grace + 8)
         self.assertGreaterEqual(reactor.seconds() - started, grace - 0.5)
         self.assertEqual(len(self.results("connection", "grace-timeout")), 20)
-        yield wait_until(lambda: self.factory.admission.startups == 0, "startups drained")
+        yield wait_until(
+            lambda: self.factory.admission.startups == 0, "startups drained", timeout=10
+        )
         # ...and then the legitimate user gets in again.
         yield self.legit_login(gateway)
         self.assertEqual(self.factory.admission.startups, 0)
@@ -189,6 +195,6 @@ class AbuseTests(unittest.TestCase):
 
         client = yield threads.deferToThread(gateway.paramiko_client)
         self.addCleanup(client.close)
-        yield wait_until(lambda: self.factory.admission.startups == 0, "authenticated")
+        yield wait_until(lambda: self.factory.admission.startups == 0, "authenticated", timeout=10)
         yield self.legit_login(gateway)
         yield task.deferLater(reactor, 0, lambda: None)

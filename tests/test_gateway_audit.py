@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.gatewayharness import Gateway, home_of
@@ -189,7 +189,8 @@ class RecordingTests(unittest.TestCase):
         yield term.wait_for_deferred(reactor, "recorded-42")
         term.send_line("exit")
         yield term.wait_exit_deferred(reactor, timeout=15)
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        # The recorder writes its last events when the gateway closes the session.
+        yield gateway.all_closed()
         [name] = os.listdir(record_dir)
         path = os.path.join(record_dir, name)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)

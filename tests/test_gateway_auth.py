@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import socket
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from tests.gatewayharness import Gateway, keygen
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from wraith_conch.config import ConfigError, build_config
 from wraith_conch.testing import ScriptedApprover, approve_all_except
@@ -55,12 +56,12 @@ class OperatorKeyTests(unittest.TestCase):
         self.assertEqual(accepted[0]["method"], "publickey")
         self.assertTrue(accepted[0]["key_fingerprint"].startswith("SHA256:"))
         self.assertTrue(accepted[0]["remote_addr"].startswith("127.0.0.1:"))
-        for _ in range(50):  # the gateway sees the close a moment after ssh exits
-            closed = [e for e in self.log.of_kind("connection") if "duration" in e]
-            if closed:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(closed)
+        # The gateway sees the close a moment after ssh exits.
+        yield wait_until(
+            lambda: [e for e in self.log.of_kind("connection") if "duration" in e],
+            "the connection-closed line",
+            timeout=10,
+        )
 
     @defer.inlineCallbacks
     def test_wrong_key_rejected(self):

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from tests.gatewayharness import Gateway, free_port
 from tests.localresolver import install_local_resolver
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from wraith_conch.testing import ScriptedApprover, approve_all_except
 
@@ -188,7 +189,9 @@ def socks5_exchange(socks_port: int, host: str, port: int, payload: bytes) -> by
 
 
 @defer.inlineCallbacks
-def wait_listening(port: int, family=socket.AF_INET, host="127.0.0.1", tries=100):
+def wait_listening(port: int, family=socket.AF_INET, host="127.0.0.1", tries=400):
+    # Up to 20 s: ssh -L listens only after its key exchange and login, which
+    # take seconds on a loaded machine.
     for _ in range(tries):
         with socket.socket(family, socket.SOCK_STREAM) as s:
             if s.connect_ex((host, port)) == 0:
@@ -312,7 +315,12 @@ class ForwardingTests(unittest.TestCase):
         for port in (local, unknown):
             echoed = yield threads.deferToThread(exchange, port, b"x")
             self.assertEqual(echoed, b"")
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        # ssh reports each failure on its stderr, read a moment later here.
+        yield wait_until(
+            lambda: b"name not found" in fwd.stderr and b"connection refused" in fwd.stderr,
+            "both open failures on ssh's stderr",
+            timeout=10,
+        )
         self.assertIn(b"open failed: connect failed: connection refused", fwd.stderr)
         self.assertIn(b"open failed: connect failed: name not found", fwd.stderr)
         # The gateway still serves this operator.
@@ -408,7 +416,10 @@ class ProxyForwardingTests(unittest.TestCase):
         yield wait_listening(local)
         echoed = yield threads.deferToThread(exchange, local, b"x")
         self.assertEqual(echoed, b"")
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        # ssh reports the failure on its stderr, read a moment later here.
+        yield wait_until(
+            lambda: b"open failed" in fwd.stderr, "the open failure on ssh's stderr", timeout=10
+        )
         self.assertIn(b"open failed: connect failed", fwd.stderr)
         code, out, err = yield spawn_ssh(reactor, gateway.ssh_argv("echo shell-still-works"))
         self.assertEqual((code, out.strip()), (0, b"shell-still-works"), err)

@@ -424,7 +424,9 @@ class TwistdTargetsTests(unittest.TestCase):
             stderr=subprocess.STDOUT,
         )
         self.addCleanup(stop_process, process)
-        for _ in range(100):  # up to 10 s for the key file and the approval connection
+        # Up to 30 s for the key file and the approval connection: a loaded
+        # machine can take seconds just to import and start twistd.
+        for _ in range(300):
             if process.poll() is not None:
                 self.fail(f"twistd exited: {process.stdout.read().decode()}")
             if os.path.exists(self.host_key) and self.service.connections:

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.gatewayharness import Gateway, approval_client_gateway, keygen
 from tests.operator import interactive_ssh, spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from tests.test_hub import (
     BOB_TOKEN,
@@ -610,11 +611,11 @@ class StandaloneLiveViewTests(TestCase):
         self.reviewer = yield ReviewerSocket.open(self, self.hub)
         yield self.reviewer.of_type("snapshot")
         approve_all(self.reviewer)
-        for _ in range(100):
-            if self.feed_client.connected and self.approvals.connected:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(self.feed_client.connected)
+        yield wait_until(
+            lambda: self.feed_client.connected and self.approvals.connected,
+            "the feed and the approval client to connect",
+            timeout=15,
+        )
 
     def ssh_terminal(self):
         argv = self.gateway.ssh_argv(extra=["-tt"])
@@ -650,10 +651,7 @@ class StandaloneLiveViewTests(TestCase):
         # Stop watching: the gateway stops sending.
         watch_none = {"type": "watch", "session": None}
         self.reviewer.send_json(watch_none)
-        for _ in range(50):
-            if not self.feed.watched():
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield wait_until(lambda: not self.feed.watched(), "the feed to stop watching", timeout=10)
         self.assertEqual(self.feed.watched(), [])
         sent = self.feed.stats["output_frames"]
         terminal.send_line("echo quiet-$((6*9))")
@@ -687,11 +685,9 @@ class StandaloneLiveViewTests(TestCase):
         yield terminal.wait_for_deferred(reactor, "during-4", timeout=15)
         # The gateway reconnects (back-off: first retry within 1 s) and
         # announces the session again; watching works again.
-        for _ in range(100):
-            if self.hub.hub.live.ids() == [session]:
-                break
-            yield task.deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(self.hub.hub.live.ids(), [session])
+        yield wait_until(
+            lambda: self.hub.hub.live.ids() == [session], "the session announced again", timeout=15
+        )
         watch(self.reviewer, session)
         yield self.reviewer.next(screen_with(session, "during-4"), timeout=15)
         terminal.send_line("exit")
@@ -817,8 +813,13 @@ class TwistdLiveFeedTests(TestCase):
 
     @defer.inlineCallbacks
     def reviewer_socket(self):
-        for _ in range(100):  # up to 10 s for both processes
-            if os.path.exists(self.host_key):
+        def gateway_listening() -> bool:
+            # The key file is written before twistd starts listening.
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        for _ in range(300):  # up to 30 s for both processes (slow on a loaded machine)
+            if os.path.exists(self.host_key) and gateway_listening():
                 try:
                     reviewer = yield open_socket(
                         self, self.hub_port, "/reviewer", BOB_TOKEN, ["wraith.reviewer.v1"]

@@ -26,6 +26,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from tests.localresolver import install_local_resolver
+from tests.polling import wait_until
 from tests.proxies import (
     BANNER,
     Echo,
@@ -668,7 +669,8 @@ class DirectTests(OutboundTestCase):
         proxy = parse_proxy_url(f"http://127.0.0.1:{proxy_port}")
         self.watch_logs("203.0.113.9", 4022)
         d = connect_outbound(reactor, "203.0.113.9", 4022, proxy, collector_factory(), timeout=WAIT)
-        await task.deferLater(reactor, 0.2)
+        # Cancel while it waits for the proxy's answer.
+        await wait_until(lambda: fake.requests, "the CONNECT request at the proxy", timeout=WAIT)
         d.cancel()
         await self.assertFailure(d, defer.CancelledError)
         self.assertEqual(open_failure_reason(defer.CancelledError())[0], OPEN_CONNECT_FAILED)

@@ -34,6 +34,7 @@ from tests.listenerharness import (
     tls_listen,
 )
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from tests.test_twistd import REPO, operator_argv, pin_gateway_key, stop_process, twistd_argv
 from wraith_conch.gateway.listeners import listener_factory
@@ -404,7 +405,9 @@ class StealthTwistdTests(unittest.TestCase):
         )
         self.addCleanup(stop_process, process)
         host_key = os.path.join(self.base, "hk")
-        for _ in range(100):  # up to 10 s for the key file and the approval connection
+        # Up to 30 s for the key file and the approval connection: a loaded
+        # machine can take seconds just to import and start twistd.
+        for _ in range(300):
             if process.poll() is not None:
                 self.fail(f"twistd exited: {process.stdout.read().decode()}")
             if os.path.exists(host_key) and service.connections:
@@ -442,10 +445,20 @@ class StealthTwistdTests(unittest.TestCase):
         curl = ["curl", "-k", "-s", "-i", "--max-time", "10", f"https://127.0.0.1:{tls_port}/"]
         code, out, err = yield spawn_ssh(reactor, curl, timeout=30)
         self.assertIn(b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\n", out)
-        yield task.deferLater(reactor, 0.3, lambda: None)  # the log lines of the last close
 
-        with open(logfile) as f:
-            events = [json.loads(line) for line in f if line.startswith("{")]
+        def logged() -> list[dict]:
+            with open(logfile) as f:
+                return [json.loads(line) for line in f if line.startswith("{")]
+
+        def ssh_closes() -> int:
+            return sum(
+                1 for e in logged() if e.get("event_kind") == "connection" and "duration" in e
+            )
+
+        # Each ssh exits before the gateway notices its connection go: wait
+        # for the three close lines, so that the log is complete.
+        yield wait_until(lambda: ssh_closes() >= 3, "three connection-closed lines", timeout=10)
+        events = logged()
         opened = [
             (e.get("transport"), e.get("remote_addr", "").rsplit(":", 1)[0])
             for e in events

@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from tests.approval_service import ApprovalService
 from tests.gatewayharness import keygen
 from tests.operator import spawn_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +98,9 @@ class TacGatewayTests(unittest.TestCase):
     def start_gateway(self, settings: dict[str, str], *twistd_flags: str):
         self.process = run_tac(self.base, settings, *twistd_flags)
         self.addCleanup(self.stop_gateway)
-        for _ in range(150):  # up to 15 s for the key file and the approval connection
+        # Up to 30 s for the key file and the approval connection: a loaded
+        # machine can take seconds just to import and start twistd.
+        for _ in range(300):
             if self.process.poll() is not None:
                 self.fail(f"twistd exited with {self.process.returncode}: {self.output()}")
             if os.path.exists(self.host_key) and self.service.connections:
@@ -192,9 +195,15 @@ class TacGatewayTests(unittest.TestCase):
         self.assertEqual((code, out), (0, b"ok\n"), err)
         self.assertEqual([r["command"] for r in self.service.requests], ["echo ok"])
 
-        yield task.deferLater(reactor, 0.3, lambda: None)
-        with open(json_log) as f:
-            text = f.read()
+        def log_text() -> str:
+            with open(json_log) as f:
+                return f.read()
+
+        # Every line up to the close, once the gateway has seen the client go.
+        yield wait_until(
+            lambda: "connection closed" in log_text(), "the connection-closed line", timeout=10
+        )
+        text = log_text()
         events = [json.loads(line) for line in text.splitlines() if line.strip()]
         accepted = [
             e for e in events if e.get("event_kind") == "auth" and e.get("result") == "accepted"
