@@ -148,9 +148,9 @@ class AuthorizedKeysChecker:
     a line with C{principals="alice,bob"} may log in only as those users.
 
     OpenSSH user certificates log in when their CA is in C{trusted_ca_keys}
-    (key blobs, or a callable giving them: C{--trusted-user-ca-keys}) or on a C{cert-authority} line
-    (L{wraith_conch.gateway.certificates}); C{revoked} (C{--revoked-keys})
-    refuses keys, certificates and CAs.
+    (key blobs, or a callable giving them: C{--trusted-user-ca-keys}) or on
+    a C{cert-authority} line (L{wraith_conch.gateway.certificates});
+    C{revoked} (C{--revoked-keys}) refuses keys, certificates and CAs.
     """
 
     credentialInterfaces = (credmod.ISSHPrivateKey,)
