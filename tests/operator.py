@@ -421,6 +421,25 @@ class InteractiveSSH:
         self.send_text(text)
         self.send_keys("Enter")
 
+    def send_bytes(self, data: bytes) -> None:
+        """Send exactly C{data}, as if the terminal sent it (no key names, no paste markers)."""
+        if data:
+            self._tmux("send-keys", "-t", "wraith", "-H", *(f"{byte:02x}" for byte in data))
+
+    def paste(self, data: bytes) -> None:
+        """
+        Paste C{data} as a terminal does: bracketed (C{ESC[200~ ... ESC[201~})
+        when the program asked for it, each LF sent as CR.
+        """
+        path = os.path.join(self.workdir, f"{self.socket_name}.paste")
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            self._tmux("load-buffer", "-b", "wraith-paste", path)
+            self._tmux("paste-buffer", "-p", "-d", "-b", "wraith-paste", "-t", "wraith")
+        finally:
+            os.unlink(path)
+
     def resize(self, width: int, height: int) -> None:
         """Resize the terminal; the command gets SIGWINCH (ssh sends window-change)."""
         self._tmux("resize-window", "-t", "wraith", "-x", str(width), "-y", str(height))

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from tests.gatewayharness import Gateway, home_of
 from tests.operator import interactive_ssh
+from tests.polling import wait_until
 from tests.sshd import start_sshd
 from wraith_conch.approval.interfaces import Decision
 from wraith_conch.testing import ScriptedApprover, approve_all_except
@@ -25,6 +26,25 @@ PROMPT = "wraith$ "
 
 def pause(seconds: float):
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+def terminal_sizes(gateway: Gateway) -> list[tuple[int, int]]:
+    """The (columns, rows) the gateway holds for every PTY session channel."""
+    return [
+        channel.terminal_size
+        for connection in gateway.port.factory.live
+        for channel in getattr(connection.service, "channels", {}).values()
+        if getattr(channel, "terminal_size", None) is not None
+    ]
+
+
+def last_line(screen: str) -> str:
+    lines = [line for line in screen.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def created(path: str) -> defer.Deferred:
+    return wait_until(lambda: os.path.exists(path), f"{path} to be created", timeout=15)
 
 
 class InteractiveTests(unittest.TestCase):
@@ -54,7 +74,10 @@ class InteractiveTests(unittest.TestCase):
         self.term.send_line("echo hello-$((6*7))")
         yield self.term.wait_for_deferred(reactor, "hello-42")
         self.term.resize(120, 40)
-        yield pause(0.3)
+        # The gateway relays the window-change before the next line's bytes.
+        yield wait_until(
+            lambda: terminal_sizes(self.gateway) == [(120, 40)], "the resize", timeout=10
+        )
         self.term.send_line("stty size")
         yield self.term.wait_for_deferred(reactor, "40 120")
         self.term.send_line("exit 3")
@@ -70,19 +93,11 @@ class InteractiveTests(unittest.TestCase):
         yield self.open_terminal()
         self.term.send_line(f"touch {first}")
         yield self.term.wait_for_deferred(reactor, f"{PROMPT}")
-        for _ in range(50):
-            if os.path.exists(first):
-                break
-            yield pause(0.1)
-        self.assertTrue(os.path.exists(first))
+        yield created(first)
         self.term.send_line(f"touch {denied} # DENYME")
         yield self.term.wait_for_deferred(reactor, "wraith: denied: contains 'DENYME'")
         self.term.send_line(f"touch {third}")
-        for _ in range(50):
-            if os.path.exists(third):
-                break
-            yield pause(0.1)
-        self.assertTrue(os.path.exists(third))
+        yield created(third)
         self.assertFalse(os.path.exists(denied))
         # The denied line is not in the shell's history.
         self.term.send_line("history | grep -c DENYME > /dev/null || echo no-denied-in-history")
@@ -98,7 +113,11 @@ class InteractiveTests(unittest.TestCase):
         yield pause(0.2)
         self.term.send_keys("Enter")
         yield self.term.wait_for_deferred(reactor, "wraith: denied")
-        yield pause(0.3)
+        yield wait_until(
+            lambda: last_line(self.term.screen()).rstrip() == PROMPT.rstrip(),
+            "the fresh prompt",
+            timeout=10,
+        )
         # Enter on the fresh prompt runs nothing left over from the denied line.
         self.term.send_keys("Enter")
         yield pause(0.5)
@@ -114,16 +133,14 @@ class InteractiveTests(unittest.TestCase):
         marker = self.marker("recalled")
         yield self.open_terminal()
         self.term.send_line(f"touch {marker}")
-        yield pause(0.5)
+        yield created(marker)
+        # Recall only once the shell is back at its prompt.
+        yield self.term.wait_for_deferred(reactor, f"touch {marker}\n{PROMPT}")
         os.unlink(marker)
         self.term.send_keys("Up")
         yield self.term.wait_for_deferred(reactor, f"{PROMPT}touch {marker}")
         self.term.send_keys("Enter")
-        for _ in range(50):
-            if os.path.exists(marker):
-                break
-            yield pause(0.1)
-        self.assertTrue(os.path.exists(marker))
+        yield created(marker)
         recalled = self.approver.requests[-1]
         self.assertEqual(recalled.command, f"touch {marker}")
         self.assertEqual(recalled.typed, "")
@@ -163,8 +180,7 @@ class InteractiveTests(unittest.TestCase):
         yield self.term.wait_for_deferred(reactor, "other$ ")
         arrived = len(self.approver.requests)
         self.term.send_line(f"touch {marker}")
-        for _ in range(50):
-            if len(self.approver.requests) > arrived:
-                break
-            yield pause(0.1)
+        yield wait_until(
+            lambda: len(self.approver.requests) > arrived, "the next request", timeout=15
+        )
         self.assertEqual(self.approver.requests[-1].command, f"touch {marker}")

@@ -8,12 +8,15 @@ below pin what bash did.
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from wraith_conch.interception.linebuffer import (
     KEYS,
+    MAX_PASTE,
     MAX_SEQUENCE,
     Event,
     Forward,
@@ -566,7 +569,7 @@ class SubmitTests(SynchronousTestCase):
 
     def test_reset(self) -> None:
         """reset() empties the line, its marks and its cursor."""
-        buffer, _ = feed(b"ls\t" + UP + b"\x80" + LEFT + b"x" + PASTE_BEGIN)
+        buffer, _ = feed(b"ls\t" + UP + b"\x80" + LEFT + b"x" + PASTE_BEGIN + b"\t" + PASTE_END)
         self.assertEqual(
             buffer.dirty, frozenset({"tab", "history", "invalid-utf8", "cursor-edit", "paste"})
         )
@@ -586,40 +589,212 @@ class SubmitTests(SynchronousTestCase):
         self.assertEqual((buffer.line, buffer.dirty), ("ec", frozenset({"tab"})))
 
 
-class PasteTests(SynchronousTestCase):
-    def test_markers_forwarded(self) -> None:
-        data = PASTE_BEGIN + b"echo hi" + PASTE_END
-        buffer, events = feed(data)
-        self.assertEqual(events, [Forward(data)])
-        self.assertEqual((buffer.line, buffer.dirty), ("echo hi", frozenset({"paste"})))
+def paste(content: bytes) -> bytes:
+    return PASTE_BEGIN + content + PASTE_END
 
-    def test_newline_in_paste_submits(self) -> None:
-        """A pasted newline is Enter like any other: the markers grant nothing."""
-        data = PASTE_BEGIN + b"echo one\nrm -rf ~\n" + PASTE_END
+
+NOT_CONTROL = "a paste holding the control character"
+
+#: (content, line after pasting into an empty line, dirty) for pastes forwarded whole.
+#: CR and LF as bash 5.2.15 showed them: each CR becomes LF, so CR LF is two LFs.
+ACCEPTED_PASTES: list[tuple[bytes, str, frozenset[str]]] = [
+    (b"echo hi", "echo hi", frozenset()),
+    (b"", "", frozenset()),
+    (b"echo one\necho two\n", "echo one\necho two\n", frozenset()),
+    (b"echo one\recho two\r", "echo one\necho two\n", frozenset()),
+    (b"a\r\nb", "a\n\nb", frozenset()),
+    (b"\n\n", "\n\n", frozenset()),
+    (b"ec\tho", "ec\tho", frozenset({"paste"})),
+    ("é 日本 \N{GRINNING FACE}".encode(), "é 日本 \N{GRINNING FACE}", frozenset()),
+    (b"cat <<EOF\nx\nEOF", "cat <<EOF\nx\nEOF", frozenset()),
+    (b"[200~ ~ [201~", "[200~ ~ [201~", frozenset()),
+]
+
+#: (content, why) for pastes refused whole.
+REFUSED_PASTES: list[tuple[bytes, str]] = [
+    (b"echo a\x1b[31m\nrm x", NOT_CONTROL),
+    (b"a\x1b", NOT_CONTROL),
+    (b"a" + PASTE_BEGIN + b"b", NOT_CONTROL),
+    (b"echo a\x03\nrm x", NOT_CONTROL),
+    (b"sleep 9\x1a", NOT_CONTROL),
+    (b"x\x1c", NOT_CONTROL),
+    (b"\x00", NOT_CONTROL),
+    (b"ls\x0frm", NOT_CONTROL),
+    (b"ls\x16\r", NOT_CONTROL),
+    (b"ls\x7f", NOT_CONTROL),
+    (b"ls\x08", NOT_CONTROL),
+    (b"ls \xc2\x9b31m", NOT_CONTROL),  # U+009B, CSI to an 8-bit terminal
+    (b"ls \xff", "a paste that is not valid UTF-8"),
+    (b"ls \xe2\x82", "a paste that is not valid UTF-8"),
+    (b"\xed\xa0\x80", "a paste that is not valid UTF-8"),
+    (b"\xc0\xaf", "a paste that is not valid UTF-8"),
+]
+
+
+def every_split(data: bytes) -> list[list[int]]:
+    """Every single cut, two cuts around each byte, and one byte at a time."""
+    cuts = [[i] for i in range(len(data) + 1)]
+    cuts += [[i, i + 1] for i in range(len(data))]
+    return cuts + [list(range(len(data)))]
+
+
+class PasteTests(SynchronousTestCase):
+    def test_accepted(self) -> None:
+        for content, line, dirty in ACCEPTED_PASTES:
+            data = paste(content)
+            buffer, events = feed(data)
+            self.assertEqual(events, [Forward(data)], content)
+            self.assertEqual(state(buffer), (line, len(line), dirty, False), content)
+
+    def test_refused(self) -> None:
+        for content, why in REFUSED_PASTES:
+            data = paste(content)
+            buffer, events = feed(data + b"ls")
+            self.assertEqual(events[1:], [Forward(b"ls")], content)
+            [refused] = events[:1]
+            self.assertIsInstance(refused, Refused)
+            self.assertEqual(refused.key, data)
+            self.assertTrue(refused.why.startswith(why), (content, refused.why))
+            self.assertEqual(state(buffer), ("ls", 2, frozenset(), False))
+
+    def test_refused_paste_names_the_control(self) -> None:
+        _, [event, *_] = feed(paste(b"a\x03"))
+        self.assertEqual(event.why, "a paste holding the control character '\\x03'")
+
+    def test_every_split_gives_the_same_events(self) -> None:
+        pastes = [paste(content) for content, _, _ in ACCEPTED_PASTES]
+        pastes += [paste(content) for content, _ in REFUSED_PASTES]
+        for data in pastes:
+            data = b"x" + data + b"y\r"
+            whole, expected = feed(data)
+            for cuts in every_split(data):
+                split, events = feed_split(data, cuts)
+                self.assertEqual(merged(events), merged(expected), (data, cuts))
+                self.assertEqual(state(split), state(whole), (data, cuts))
+
+    def test_nothing_forwarded_before_the_end_marker(self) -> None:
+        data = paste(b"echo one\necho two\n")
+        buffer = LineBuffer()
+        for i in range(len(data) - 1):
+            self.assertEqual(buffer.feed(data[i : i + 1]), [])
+            self.assertEqual(buffer.in_paste, i >= len(PASTE_BEGIN) - 1)
+            self.assertTrue(buffer.is_empty)
+        self.assertEqual(buffer.feed(data[-1:]), [Forward(data)])
+        self.assertFalse(buffer.in_paste)
+
+    def test_paste_then_enter_is_one_submit(self) -> None:
+        data = paste(b"echo one\r\necho two\r")
+        _, events = feed(data + b"\r")
+        self.assertEqual(events, [Forward(data), Submit("echo one\n\necho two\n", b"\r")])
+        self.assertEqual(events[1].dirty, frozenset())
+
+    def test_paste_inserted_at_the_cursor(self) -> None:
+        buffer, events = feed(b"ab" + LEFT + paste(b"X\nY"))
+        self.assertEqual(events, [Forward(b"ab" + LEFT + paste(b"X\nY"))])
+        self.assertEqual(state(buffer), ("aX\nYb", 4, frozenset({"cursor-edit"}), False))
+        buffer.feed(b"\x7f\x7f")  # Backspace deletes the pasted newline too
+        self.assertEqual((buffer.line, buffer.cursor), ("aXb", 2))
+        buffer, _ = feed(b"ls" + paste(b" -l\n"))
+        self.assertEqual(state(buffer), ("ls -l\n", 6, frozenset(), False))
+
+    def test_forged_end_marker(self) -> None:
+        """Bytes after the end marker are keys again: a following Enter is held."""
+        data = paste(b"x") + b"rm -rf /\r" + PASTE_END
         _, events = feed(data)
         self.assertEqual(
             events,
             [
-                Forward(PASTE_BEGIN + b"echo one"),
-                Submit("echo one", b"\n"),
-                Forward(b"rm -rf ~"),
-                Submit("rm -rf ~", b"\n"),
-                Forward(PASTE_END),
+                Forward(paste(b"x") + b"rm -rf /"),
+                Submit("xrm -rf /", b"\r"),
+                Refused(PASTE_END, "a paste end marker outside a paste"),
             ],
         )
 
-    def test_forged_end_marker(self) -> None:
-        """A paste that carries its own end marker and Enter is still held at Enter."""
-        data = PASTE_BEGIN + b"x" + PASTE_END + b"rm -rf /\r" + PASTE_END
-        _, events = feed(data)
-        self.assertIn(Submit("xrm -rf /", b"\r"), events)
-        self.assertEqual(account(events, data), len(data))
+    def test_stray_end_marker_refused(self) -> None:
+        buffer, events = feed(b"ls" + PASTE_END)
+        self.assertEqual(events, [Forward(b"ls"), Refused(PASTE_END, events[1].why)])
+        self.assertEqual(state(buffer), ("ls", 2, frozenset(), False))
 
-    def test_refused_keys_in_paste(self) -> None:
-        """Pasted control keys are keys: refused ones are refused inside a paste too."""
-        _, events = feed(PASTE_BEGIN + b"a\x0fb\x1b.c" + PASTE_END)
-        self.assertEqual([type(e) for e in events], [Forward, Refused, Forward, Refused, Forward])
-        self.assertEqual(forwarded(events), PASTE_BEGIN + b"abc" + PASTE_END)
+    def test_cr_after_a_paste_is_enter_and_lf_after_it_is_swallowed(self) -> None:
+        _, events = feed(paste(b"a\r") + b"\r\n")
+        self.assertEqual(events, [Forward(paste(b"a\r")), Submit("a\n", b"\r")])
+
+    def test_paste_right_after_enter_keeps_its_newline(self) -> None:
+        """The LF swallowed after a CR is the very next byte only: not the paste's."""
+        _, events = feed(b"ls\r" + paste(b"\n"))
+        self.assertEqual(events, [Forward(b"ls"), Submit("ls", b"\r"), Forward(paste(b"\n"))])
+
+    def test_refused_unless_the_target_reads_bracketed_pastes(self) -> None:
+        """Asked at the end marker: the mode may change while a paste arrives."""
+        mode = [False]
+        buffer = LineBuffer(pastes_bracketed=lambda: mode[0])
+        why = "a paste while the target does not read bracketed pastes"
+        self.assertEqual(buffer.feed(paste(b"ls\r")), [Refused(paste(b"ls\r"), why)])
+        self.assertEqual(buffer.feed(PASTE_BEGIN + b"ls\r"), [])
+        mode[0] = True
+        self.assertEqual(buffer.feed(PASTE_END), [Forward(paste(b"ls\r"))])
+        buffer.feed(PASTE_BEGIN + b"x")
+        mode[0] = False
+        self.assertEqual(buffer.feed(PASTE_END), [Refused(paste(b"x"), why)])
+        self.assertEqual(buffer.line, "ls\n")
+
+    def test_reset_keeps_an_open_paste(self) -> None:
+        """A packet boundary is not a key boundary: reset() keeps a paste half read."""
+        buffer = LineBuffer()
+        buffer.feed(b"ls" + PASTE_BEGIN + b"a\n")
+        buffer.reset()
+        self.assertEqual(buffer.feed(b"b" + PASTE_END), [Forward(paste(b"a\nb"))])
+        self.assertEqual(buffer.line, "a\nb")
+
+
+class PasteLimitTests(SynchronousTestCase):
+    too_long = f"a paste longer than {MAX_PASTE // 1024} KiB"
+
+    def test_the_cap_itself_is_accepted(self) -> None:
+        data = paste(b"x" * MAX_PASTE)
+        for cuts in ([], [len(data) - 3], [MAX_PASTE], [MAX_PASTE + 6 + 2], [100, MAX_PASTE + 9]):
+            buffer, events = feed_split(data, cuts)
+            self.assertEqual(merged(events), [Forward(data)], cuts)
+            self.assertEqual(len(buffer.line), MAX_PASTE)
+
+    def test_over_the_cap_refused_and_swallowed(self) -> None:
+        content = b"y\r" * (MAX_PASTE // 2) + b"z\rrm -rf ~\r"
+        data = paste(content) + b"ls"
+        expected = [Refused(PASTE_BEGIN + content[:MAX_PASTE], self.too_long), Forward(b"ls")]
+        cut_points = [[], [7], [MAX_PASTE + 5], [MAX_PASTE + 6], [MAX_PASTE + 12]]
+        cut_points += [[len(data) - k] for k in range(2, 10)]  # the end marker split
+        cut_points += [list(range(MAX_PASTE, len(data)))]
+        for cuts in cut_points:
+            buffer, events = feed_split(data, cuts)
+            self.assertEqual(merged(events), expected, cuts)
+            self.assertEqual(state(buffer), ("ls", 2, frozenset(), False))
+
+    def test_swallowing_is_bounded_in_memory(self) -> None:
+        buffer = LineBuffer()
+        [refused] = buffer.feed(PASTE_BEGIN + b"a" * (MAX_PASTE + 100))
+        self.assertEqual(len(refused.key), len(PASTE_BEGIN) + MAX_PASTE)
+        for _ in range(40):
+            self.assertEqual(buffer.feed(b"b\r" * 4096), [])
+            self.assertLessEqual(len(buffer._pending), len(PASTE_END))
+        self.assertEqual(buffer.feed(PASTE_END[:3]), [])
+        self.assertEqual(buffer.feed(PASTE_END[3:] + b"\r"), [Submit("", b"\r")])
+
+    def test_abandon_paste(self) -> None:
+        buffer = LineBuffer()
+        self.assertEqual(buffer.abandon_paste(), [])
+        buffer.feed(b"ls" + PASTE_BEGIN + b"rm x\n")
+        self.assertTrue(buffer.in_paste)
+        why = "a paste whose end marker never came"
+        self.assertEqual(buffer.abandon_paste(), [Refused(PASTE_BEGIN + b"rm x\n", why)])
+        self.assertFalse(buffer.in_paste)
+        self.assertEqual(buffer.feed(b" -l"), [Forward(b" -l")])
+        self.assertEqual(buffer.line, "ls -l")
+
+    def test_abandon_while_swallowing(self) -> None:
+        buffer = LineBuffer()
+        buffer.feed(PASTE_BEGIN + b"a" * (MAX_PASTE + 10))
+        self.assertEqual(buffer.abandon_paste(), [])
+        self.assertEqual(buffer.feed(b"x"), [Forward(b"x")])
 
 
 # -- properties ------------------------------------------------------------------------
@@ -658,21 +833,36 @@ class PropertyTests(SynchronousTestCase):
     def test_bytes_conserved(self, data: bytes) -> None:
         """
         Forwarded + held + interrupt + refused bytes are the input, in order,
-        but for swallowed LFs and an unfinished key; Ctrl-G ends any key.
+        but for swallowed LFs and an unfinished key or paste; a paste end marker
+        ends any paste, then Ctrl-G ends any key.
         """
-        _, events = feed(data + b"\x07")
-        self.assertEqual(account(events, data + b"\x07"), len(data) + 1)
-        _, events = feed(data)
-        self.assertLessEqual(len(data) - account(events, data), MAX_SEQUENCE)
+        closed = data + PASTE_END + b"\x07"
+        _, events = feed(closed)
+        self.assertEqual(account(events, closed), len(closed))
+        buffer, events = feed(data)
+        if not buffer.in_paste:
+            self.assertLessEqual(len(data) - account(events, data), MAX_SEQUENCE)
 
     @settings(max_examples=200, deadline=None)
     @given(data=INPUT)
     def test_submitting_keys_never_forwarded(self, data: bytes) -> None:
-        """No CR or LF (nor Ctrl-O, Ctrl-X, ...) is ever in a Forward: the gate holds them all."""
+        """
+        No CR or LF (nor Ctrl-O, Ctrl-X, ...) is ever in a Forward, but as text
+        inside a whole bracketed paste: the gate holds them all.
+        """
         _, events = feed(data)
         for event in events:
             if isinstance(event, Forward):
-                self.assertFalse(set(event.data) & {0x0D, 0x0A, 0x0F, 0x18, 0x16, 0x11})
+                keys = event.data
+                for content in re.findall(
+                    re.escape(PASTE_BEGIN) + b"(.*?)" + re.escape(PASTE_END), keys, re.S
+                ):
+                    self.assertFalse(set(content) & (set(range(0x20)) - {0x09, 0x0A, 0x0D}))
+                    self.assertNotIn(0x7F, content)
+                outside = re.sub(
+                    re.escape(PASTE_BEGIN) + b".*?" + re.escape(PASTE_END), b"", keys, flags=re.S
+                )
+                self.assertFalse(set(outside) & {0x0D, 0x0A, 0x0F, 0x18, 0x16, 0x11})
 
     @settings(max_examples=200, deadline=None)
     @given(data=INPUT)

@@ -188,9 +188,15 @@ class RedrawTests(SynchronousTestCase):
         self.assertEqual(screen.mark, Position(2, 2))
 
     def test_output_interleaved_with_typing_is_not_trusted(self) -> None:
+        """
+        Output rows below the start of the line read as later lines of a multi-line input
+        (the screen cannot tell them from one): never less than the screen shows, so the
+        gate's comparison with the keys typed ("echo hi") flags the line.
+        """
         screen = typed(Screen(80, 24), b"$ ", b"ec", b"\r\nbackground output\r\n", b"ho hi")
         line = screen.read_input_line()
-        self.assertFalse(line.certain)
+        self.assertEqual(line.text, "ec\nbackground output\nho hi")
+        self.assertNotEqual(line.text, "echo hi")
 
 
 class WrapTests(SynchronousTestCase):
@@ -286,7 +292,108 @@ class WrapTests(SynchronousTestCase):
         screen = Screen(10, 5)
         screen.feed(b"0123456789abc\x1b[1;1H")  # row 0 wrapped into row 1, cursor back up
         typed(screen, b"$ ", b"ls")
-        self.assertEqual(screen.input_line(), "ls456789")
+        # Not joined to row 1 by the old wrap; row 1 is still read, as a later line.
+        self.assertEqual(screen.input_line(), "ls456789\nabc")
+
+
+def pasted(*lines: bytes) -> bytes:
+    """How bash 5.2 echoes a paste: each line in reverse video, newlines as CR LF CR."""
+    return b"\r\n\r".join(b"\x1b[7m" + line + b"\x1b[27m" if line else b"" for line in lines)
+
+
+class MultiLineTests(SynchronousTestCase):
+    """A line holding newlines: readline shows it on rows joined by hard newlines."""
+
+    def test_two_lines(self) -> None:
+        screen = typed(Screen(80, 24), b"P$ ", pasted(b"echo one", b"echo two"))
+        self.assertEqual(screen.read_input_line(), InputLine("echo one\necho two", True))
+
+    def test_trailing_newline_leaves_the_cursor_on_a_blank_row(self) -> None:
+        screen = typed(Screen(80, 24), b"P$ ", pasted(b"echo one", b"echo two", b""))
+        self.assertEqual(screen.cursor, Position(2, 0))
+        self.assertEqual(screen.read_input_line(), InputLine("echo one\necho two\n", True))
+
+    def test_blank_line_inside(self) -> None:
+        screen = typed(Screen(80, 24), b"P$ ", pasted(b"echo a", b"", b"echo b"))
+        self.assertEqual(screen.input_line(), "echo a\n\necho b")
+
+    def test_cursor_on_any_row(self) -> None:
+        """Ctrl-A (start of the whole line) and Left: every row is still read."""
+        screen = typed(Screen(80, 24), b"P$ ", pasted(b"echo a", b"echo b", b"echo c"))
+        screen.feed(b"\x1b[A\r\x1b[C\x1b[C")  # Left x4 from the end: row 1, column 2
+        self.assertEqual(screen.cursor, Position(1, 2))
+        self.assertEqual(screen.read_input_line(), InputLine("echo a\necho b\necho c", True))
+        screen.feed(b"\x1b[A\r\x1b[C\x1b[C\x1b[C")  # Ctrl-A
+        self.assertEqual(screen.read_input_line(), InputLine("echo a\necho b\necho c", True))
+
+    def test_rows_left_below_are_read_too(self) -> None:
+        """Never less than the screen shows: a line bash holds below the cursor is read."""
+        screen = Screen(80, 24)
+        screen.feed(b"\r\n" * 5 + b"rm -rf ~\x1b[H")
+        typed(screen, b"P$ ", b"ls")
+        self.assertEqual(screen.input_line(), "ls\n\n\n\n\nrm -rf ~")
+
+    def test_soft_wrapped_line_inside(self) -> None:
+        long = b"echo " + b"x" * 90
+        screen = typed(Screen(40, 24), b"P$ ", readline_echo("ls", 3, 40), b"\r\n\r")
+        screen.feed(readline_echo(long.decode(), 0, 40) + b"\r\n\rpwd")
+        self.assertEqual(screen.read_input_line(), InputLine(f"ls\n{long.decode()}\npwd", True))
+
+    def test_a_later_line_that_looks_like_the_prompt(self) -> None:
+        screen = typed(Screen(80, 24), b"$ ", pasted(b"$ ls", b"$ pwd"))
+        self.assertEqual(screen.read_input_line(), InputLine("$ ls\n$ pwd", True))
+
+    def test_scrolls_at_the_bottom(self) -> None:
+        screen = Screen(80, 4)
+        screen.feed(b"one\r\ntwo\r\n")
+        typed(screen, b"P$ ", pasted(b"a", b"b", b"c", b""))
+        self.assertEqual(screen.mark, Position(0, 3))
+        self.assertEqual(screen.read_input_line(), InputLine("a\nb\nc\n", True))
+
+    def test_taller_than_the_screen(self) -> None:
+        """Rows that scrolled off are kept for the text, but not vouched for."""
+        lines = [b"echo %d" % i for i in range(10)]
+        screen = typed(Screen(80, 4), b"P$ ", pasted(*lines))
+        self.assertEqual(screen.mark, Position(-6, 3))
+        line = screen.read_input_line()
+        self.assertEqual(line.text, b"\n".join(lines).decode())
+        self.assertFalse(line.certain)
+
+    def test_taller_than_the_screen_with_wide_characters(self) -> None:
+        lines = [f"echo 日本 é\u0301 {i}" for i in range(8)]
+        screen = typed(Screen(80, 3), b"P$ ", pasted(*(line.encode() for line in lines)))
+        line = screen.read_input_line()
+        self.assertEqual(line.text, "\n".join(lines))
+        self.assertFalse(line.certain)
+
+    def test_rows_lost_beyond_the_bound(self) -> None:
+        lines = [b"echo %d" % i for i in range(MAX_SCROLLED_INPUT_ROWS + 10)]
+        screen = typed(Screen(80, 4), b"P$ ", pasted(*lines))
+        line = screen.read_input_line()
+        self.assertFalse(line.certain)
+        self.assertTrue(line.text.startswith("echo 0\necho 1\n"))
+        self.assertTrue(line.text.endswith(f"echo {len(lines) - 1}"))
+        self.assertNotIn(f"echo {MAX_SCROLLED_INPUT_ROWS + 2}\n", line.text)
+
+    def test_clear_screen_redraw(self) -> None:
+        """Ctrl-L with the cursor on the last row: the prompt is found at the top."""
+        screen = typed(Screen(80, 24), b"out\r\nP$ ", pasted(b"echo a", b"echo b"))
+        screen.feed(b"\x1b[H\x1b[2JP$ echo a\r\n\recho b")
+        self.assertEqual(screen.read_input_line(), InputLine("echo a\necho b", True))
+        self.assertEqual(screen.mark, Position(0, 3))
+
+    def test_redraw_below_earlier_output_is_not_vouched_for(self) -> None:
+        screen = typed(Screen(80, 24), b"P$ ", b"x")
+        screen.feed(b"\x1b[2J\x1b[5;1Hjunk\r\nP$ echo a\r\n\recho b")
+        line = screen.read_input_line()
+        self.assertEqual(line.text, "echo a\necho b")
+        self.assertFalse(line.certain)
+
+    def test_completion_listing_redraws_below(self) -> None:
+        screen = typed(Screen(80, 24), b"$ ", pasted(b"cd /", b"ls d/"))
+        screen.feed(b"\x07\r\nalpha1  alpha2\r\n$ cd /\r\n\rls d/al")
+        self.assertEqual(screen.read_input_line(), InputLine("cd /\nls d/al", True))
+        self.assertEqual(screen.mark, Position(3, 2))
 
 
 class WideCharacterTests(SynchronousTestCase):
@@ -631,8 +738,12 @@ class BashSession:
         self.bells += data.count(b"\x07")
         return bool(data)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-        """Feed output until ``predicate`` holds, for at most ``timeout`` seconds."""
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """
+        Feed output until ``predicate`` holds, for at most ``timeout`` seconds
+        (generous: it returns as soon as the predicate holds, and a loaded
+        machine can take seconds to start bash).
+        """
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() >= deadline or not self._read(deadline - time.monotonic()):
@@ -770,6 +881,46 @@ class RealBashTests(SynchronousTestCase):
             self.assertEqual(seen, InputLine(actual, True), keys)
             bash.send(b"\x05\x15")
             bash.wait_for(lambda: screen.input_line() == "")
+
+
+class RealBashPasteTests(SynchronousTestCase):
+    """Multi-line bracketed pastes in real bash 5, read back against $READLINE_LINE."""
+
+    def setUp(self) -> None:
+        if shutil.which("bash") is None:
+            self.skipTest("bash is not installed")
+
+    def test_paste_agrees_with_readline(self) -> None:
+        bash = BashSession(self)
+        screen = bash.screen
+        dump = os.path.join(bash.home, "line")
+        bash.new_line(self)
+        bash.send(b'bind -x \'"\\C-x\\C-d": printf %s "$READLINE_LINE" >' + dump.encode() + b"'\r")
+        bash.settle(0.1)
+        scripts = [
+            [b"\x1b[200~echo one\recho two\r\x1b[201~"],
+            [b"\x1b[200~a\r\nb\nc\x1b[201~"],  # CR LF is two newlines
+            [b"ls", b"\x01", b"\x1b[200~cd /\n\x1b[201~"],
+            [b"\x1b[200~x\ny\nz\x1b[201~", b"\x1b[D" * 3, b"Q", b"\x01"],
+            [b"\x1b[200~if true\nthen echo \xc3\xa9\nfi\x1b[201~", b"\x7f\x7f\x7f"],
+            [b"\x1b[200~echo " + b"w" * 170 + b"\necho " + b"v" * 75 + b"\nls\x1b[201~"],
+        ]
+        for keys in scripts:
+            bash.new_line(self)
+            for key in keys:
+                bash.send(key)
+                bash.settle(0.05)
+            bash.sync(self)
+            seen = screen.read_input_line()
+            bash.send(b"\x18\x04")
+            self.assertTrue(bash.wait_for(lambda: os.path.exists(dump)))
+            bash.settle(0.05)
+            with open(dump, encoding="utf-8") as f:
+                actual = f.read()
+            os.unlink(dump)
+            self.assertIn("\n", actual)
+            self.assertEqual(seen, InputLine(actual, True), keys)
+            bash.send(b"\x03")  # Ctrl-C drops the whole line; new_line waits for the prompt
 
 
 class RowTextTests(SynchronousTestCase):

@@ -18,6 +18,17 @@ Keys that submit or rewrite the line invisibly (Ctrl-O, Ctrl-X, Ctrl-R,
 Ctrl-Y, meta keys, ...) are refused at the prompt by the line buffer: not
 forwarded, and the operator hears the bell.
 
+A bracketed paste is one unit (see the line buffer): sent whole once its end
+marker has come, or refused whole.  Pasted newlines are text to readline, so
+a paste of several lines becomes one line, submitted by the next Enter, and
+one request: C{command} is every row the screen shows for it, joined with
+newlines.  Approval sends the held Enter and bash runs each line; denial's
+Ctrl-C drops all of them.  A paste is sent only while the target's terminal
+is in bracketed paste mode (readline sets it while it reads a line): to any
+other reader, a pasted newline would submit a line, so the paste is refused.
+A paste still open after L{PASTE_QUIET_LIMIT} of quiet is given up (refused),
+so that later keys are keys again.
+
 After an approved command switches to the alternate screen (an editor, a
 pager, C{top}), keys pass through until the shell's prompt shows again, or
 the program leaves the alternate screen.  A command that merely switches
@@ -64,6 +75,9 @@ MAX_QUEUED_WITHOUT_PTY = 1024 * 1024
 # after SETTLE_LIMIT.
 SETTLE_QUIET = 0.1
 SETTLE_LIMIT = 2.0
+# A bracketed paste whose end marker has not come after this much quiet is
+# given up: what was collected is refused (a terminal sends a paste at once).
+PASTE_QUIET_LIMIT = 5.0
 
 
 class _State(enum.Enum):
@@ -108,7 +122,8 @@ class ShellGate:
         self.screen = screen
         self._on_mismatch = on_mismatch
         self._on_decision = on_decision or (lambda request, decision: None)
-        self._keys = LineBuffer()
+        # Pasted newlines are text only to a reader in bracketed paste mode.
+        self._keys = LineBuffer(pastes_bracketed=lambda: self.screen.bracketed_paste_enabled)
         self._state = _State.EDITING
         self._line_started = False
         self._prompt: str | None = None
@@ -127,6 +142,7 @@ class ShellGate:
         self._echo_seen = True
         # Keys reached the target outside the line model (in a passthrough).
         self._raw_input_since_line = False
+        self._paste_timer: IDelayedCall | None = None
 
     # -- what the target prints --------------------------------------------------------
 
@@ -188,6 +204,23 @@ class ShellGate:
             self._input_while_pending(data)
             return
         self._handle(self._keys.feed(data))
+        self._watch_paste()
+
+    def _watch_paste(self) -> None:
+        """Give up on a bracketed paste that stays unfinished (see L{PASTE_QUIET_LIMIT})."""
+        if self._keys.in_paste and not self._closed:
+            if self._paste_timer is not None and self._paste_timer.active():
+                self._paste_timer.reset(PASTE_QUIET_LIMIT)
+            else:
+                self._paste_timer = self._clock.callLater(PASTE_QUIET_LIMIT, self._paste_stalled)
+        elif self._paste_timer is not None and self._paste_timer.active():
+            self._paste_timer.cancel()
+
+    def _paste_stalled(self) -> None:
+        self._paste_timer = None
+        events = self._keys.abandon_paste()  # only Refused: nothing reaches the target
+        if self._state is _State.EDITING and not self._closed:
+            self._handle(events)
 
     def _handle(self, events) -> None:
         for event in events:
@@ -268,9 +301,10 @@ class ShellGate:
         if not command.strip() and not typed.strip() and certain:
             self._release(event.key)
             return
-        if certain and not command.strip() and typed:
+        if certain and not command.split("\n", 1)[0].strip() and typed and "\n" not in typed:
             # Keys typed with echo off (a sudo or read -s prompt): never send
             # what may be a password to reviewers; the screen shows the prompt.
+            # (Only the first row counts: rows left below the prompt are read too.)
             typed = f"<{len(typed)} characters typed without echo>"
         mismatch = command != typed or not certain
         request = self._make_request(command, typed, mismatch)
@@ -290,13 +324,17 @@ class ShellGate:
         decided.addCallback(self._decided, request)
 
     def _input_while_pending(self, data: bytes) -> None:
+        # The keys are dropped, but read: a bracketed paste that began before
+        # the held Enter must end at its own end marker, not swallow later keys.
+        self._keys.feed(data)
+        self._keys.reset()
+        self._watch_paste()
         if CTRL_C in data:
             if self._state is _State.SETTLING:
                 self._settled()
             if self._pending is not None:
                 self._approver.cancel(self._pending.id, "the operator pressed Ctrl-C")
             return
-        self._keys.reset()
         self._discard_notice()
 
     def _discard_notice(self) -> None:
@@ -316,8 +354,11 @@ class ShellGate:
         self._on_decision(request, decision)
         self._pending = None
         if decision.approved:
-            now = self.screen.read_input_line().text
-            if now != request.command:
+            # No key reached the shell while the line waited, so rows printed
+            # below it since are output, not line: only the approved rows count.
+            rows = request.command.split("\n")
+            now = self.screen.read_input_line().text.split("\n")
+            if now[: len(rows)] != rows:
                 decision = Decision.deny(
                     "the line changed while it waited for approval", reviewer=GATEWAY_REVIEWER
                 )
@@ -392,6 +433,8 @@ class ShellGate:
         self._closed = True
         if self._settle_timer is not None and self._settle_timer.active():
             self._settle_timer.cancel()
+        if self._paste_timer is not None and self._paste_timer.active():
+            self._paste_timer.cancel()
         pending, self._pending = self._pending, None
         if pending is not None:
             self._approver.cancel(pending.id, "session closed")

@@ -21,8 +21,8 @@ Forwarded (L{Forward}), and followed by the model:
     the Alt and rxvt variants) move by word; Delete and Ctrl-D on a non-empty
     line delete at the cursor; Ctrl-Delete kills the next word.
 Forwarded, with the line then unknown (L{LineBuffer.dirty}):
-    Tab ("tab"); Up, Down, Ctrl-P, Ctrl-N, PgUp, PgDn ("history"); the bracketed
-    paste markers ("paste").
+    Tab ("tab"); Up, Down, Ctrl-P, Ctrl-N, PgUp, PgDn ("history").
+A bracketed paste (C{ESC[200~} ... C{ESC[201~}): one unit, see below.
 Forwarded, no effect on the line:
     Ctrl-G (abort), Ctrl-L (clear-screen), Ctrl-Z (the shell ignores SIGTSTP at
     its prompt).
@@ -43,8 +43,37 @@ submit or rewrite the line in ways the operator's screen need not show:
     Ctrl-^ Ctrl-_, any other C0 control, Insert (C{ESC[2~}, quoted-insert in
     Debian's inputrc), every meta key (ESC followed by anything but C{[} or
     C{O}: the whole pair, or ESC and a whole UTF-8 character), Alt + a special
-    key (C{ESC ESC [ ...}) other than Alt-Left/Right, and malformed or overlong
-    escape sequences.
+    key (C{ESC ESC [ ...}) other than Alt-Left/Right, malformed or overlong
+    escape sequences, and a paste end marker outside a paste (bash 5.2 rings
+    the bell and inserts C{~}).
+
+Bracketed paste.  Readline (bash 5.2 turns bracketed paste on) reads
+everything between C{ESC[200~} and C{ESC[201~} as text: it inserts it at the
+cursor, turns each CR into LF (so CR LF becomes two LFs; checked on bash
+5.2.15), and submits nothing before the end marker -- the line, now holding
+newlines, is submitted by the next Enter, and bash then runs every line of
+it.  So a paste is collected, across L{LineBuffer.feed} calls, up to its end
+marker, and nothing of it is forwarded before then.  At the end marker:
+    - content that is valid UTF-8 with no control character but TAB, CR and
+      LF (no ESC, which could fool the screen model or end the paste early;
+      no Ctrl-C, Ctrl-\\ or Ctrl-Z, which the tty driver would turn into
+      signals; no DEL, no C1 control) gives one L{Forward} of the whole
+      paste, markers included, and is inserted into the model line with CR
+      turned into LF.  A TAB is inserted as TAB but shown by readline as
+      spaces up to the next tab stop, so it marks the line "paste"; nothing
+      else in a paste makes the model unsure.
+    - any other content gives one L{Refused} of the whole paste, markers
+      included: nothing of it reaches the target.  So does every paste while
+      the target's terminal is not in bracketed paste mode (the caller says,
+      see L{LineBuffer}): a program reading lines from the tty (C{sh}, C{cat},
+      C{read}) would run each pasted line at its CR or LF, unreviewed.
+    - content over L{MAX_PASTE} bytes gives one L{Refused} of the begin
+      marker and the first L{MAX_PASTE} bytes of content, as soon as that
+      much has come, and the rest is swallowed (no event) up to and including
+      the end marker.  Memory stays bounded however long the paste is.  A
+      paste whose end marker never comes keeps swallowing every later byte
+      (as readline would wait for it too): the caller may give up on it with
+      L{LineBuffer.abandon_paste} after a quiet while.
 
 CR then LF: a terminal that sends CRLF for Enter would submit twice.  After a
 L{Submit} whose key is C{b"\\r"}, an LF that is the very next byte (in the same
@@ -53,13 +82,17 @@ caller sends only the held CR; bash treats CR and LF alike, so nothing is lost.
 
 So, over any input: the concatenation of every L{Forward}'s data, L{Submit}'s
 key and L{Interrupt}'s key is the input minus the L{Refused} keys, minus the
-swallowed LFs, minus the bytes of an unfinished key still waiting for its end.
+swallowed LFs, minus the swallowed rest of an over-long paste (up to and
+including its end marker), minus the bytes of an unfinished key or paste
+still waiting for its end.  A CR or LF is in a L{Forward} only inside a
+complete bracketed paste, where readline inserts it as text.
 """
 
 from __future__ import annotations
 
 import enum
 import unicodedata
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -69,8 +102,11 @@ __all__ = [
     "HISTORY",
     "INVALID_UTF8",
     "KEYS",
+    "MAX_PASTE",
     "MAX_SEQUENCE",
     "PASTE",
+    "PASTE_BEGIN",
+    "PASTE_END",
     "TAB",
     "UNKNOWN_KEY",
     "Event",
@@ -236,7 +272,7 @@ KEYS: Final[dict[bytes, _Key]] = {
     b"\x1b[3;5~": _Key(_Act.KILL_WORD_RIGHT, "Ctrl-Delete kill-word"),
     b"\x1b[2~": _refuse("Insert " + _QUOTED_INSERT),
     b"\x1b[200~": _Key(_Act.PASTE, "bracketed paste begins"),
-    b"\x1b[201~": _Key(_Act.PASTE, "bracketed paste ends"),
+    b"\x1b[201~": _refuse("a paste end marker outside a paste"),
 }
 
 _OTHER_CONTROL: Final = _refuse("a control key with no safe meaning at the prompt")
@@ -248,6 +284,16 @@ _TOO_LONG: Final = "escape sequence too long"
 
 #: Longest escape sequence kept; a longer one is refused and its rest parsed as keys.
 MAX_SEQUENCE: Final = 32
+
+#: Longest bracketed paste (its content, in bytes) forwarded; a longer one is refused.
+MAX_PASTE: Final = 64 * 1024
+
+PASTE_BEGIN: Final = b"\x1b[200~"
+PASTE_END: Final = b"\x1b[201~"
+_PASTE_TOO_LONG: Final = f"a paste longer than {MAX_PASTE // 1024} KiB"
+_PASTE_NOT_UTF8: Final = "a paste that is not valid UTF-8"
+_PASTE_UNFINISHED: Final = "a paste whose end marker never came"
+_PASTE_NOT_BRACKETED: Final = "a paste while the target does not read bracketed pastes"
 
 _ESC: Final = 0x1B
 _CR: Final = 0x0D
@@ -264,6 +310,8 @@ class _State(enum.Enum):
     SS3 = "ss3"  # ESC O
     UTF8 = "utf8"  # a multi-byte character
     META_UTF8 = "meta-utf8"  # ESC + a multi-byte character
+    PASTE = "paste"  # inside a bracketed paste, collecting its content
+    PASTE_SWALLOW = "paste-swallow"  # inside an over-long paste, already refused
 
 
 def _utf8_lead(byte: int) -> tuple[int, int, int] | None:
@@ -288,6 +336,15 @@ def _utf8_lead(byte: int) -> tuple[int, int, int] | None:
     if byte == 0xF4:
         return 3, 0x80, 0x8F
     return None
+
+
+def _paste_control(char: str) -> bool:
+    """
+    Is C{char} refused in a paste?  Every C0 control but TAB, CR and LF,
+    DEL, and the C1 controls (a terminal may read U+009B as CSI).
+    """
+    code = ord(char)
+    return (code < 0x20 and char not in "\t\r\n") or 0x7F <= code <= 0x9F
 
 
 def _is_word(char: str) -> bool:
@@ -332,7 +389,7 @@ class LineBuffer:
     @ivar line: the line as the model has it.
     @ivar cursor: the index in C{line} where the next character goes.
     @ivar dirty: why C{line} may differ from what readline holds: C{"history"},
-        C{"tab"}, C{"paste"}, C{"invalid-utf8"}, C{"unknown-key"}, and
+        C{"tab"}, C{"paste"} (a pasted TAB), C{"invalid-utf8"}, C{"unknown-key"}, and
         C{"cursor-edit"}.  Moving the cursor alone does not add
         C{"cursor-edit"}; an edit that changes the line away from its end does,
         since word and character rules matter there (they follow bash 5.2:
@@ -340,9 +397,16 @@ class LineBuffer:
         After a history key C{line} and C{cursor} are left as they were: only
         the screen knows the line.
     @ivar is_empty: no key of this line has been forwarded yet.
+
+    @param pastes_bracketed: asked at each paste's end marker: does the
+        target's terminal read bracketed pastes now (mode 2004, which readline
+        sets while it reads a line)?  If not, the paste is refused: to a
+        program that reads lines from the tty, a pasted CR or LF would submit
+        a line unreviewed.  The default, always, is for tests of the model.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pastes_bracketed: Callable[[], bool] = lambda: True) -> None:
+        self._pastes_bracketed = pastes_bracketed
         self.line: str = ""
         self.cursor: int = 0
         self._dirty: set[str] = set()
@@ -381,10 +445,91 @@ class LineBuffer:
         L{Forward} may come as several.  Adjacent L{Forward}s are merged.
         """
         out: list[Event] = []
-        for byte in data:
+        at, end = 0, len(data)
+        while at < end:
+            if self._state in (_State.PASTE, _State.PASTE_SWALLOW):
+                at = self._paste(data, at, out)
+                continue
+            byte = data[at]
+            at += 1
             while not self._step(byte, out):
                 pass
         return out
+
+    @property
+    def in_paste(self) -> bool:
+        """A bracketed paste has begun and its end marker has not come yet."""
+        return self._state in (_State.PASTE, _State.PASTE_SWALLOW)
+
+    def abandon_paste(self) -> list[Event]:
+        """
+        Give up on a paste whose end marker has not come (the caller decides
+        when: after a quiet while).  What was collected is refused, never
+        forwarded; bytes that come later are read as keys again.
+        """
+        out: list[Event] = []
+        if self._state is _State.PASTE:
+            out.append(Refused(PASTE_BEGIN + bytes(self._pending), _PASTE_UNFINISHED))
+        self._clear_pending()
+        return out
+
+    # -- bracketed paste -----------------------------------------------------------
+
+    def _paste(self, data: bytes, at: int, out: list[Event]) -> int:
+        """
+        Take paste bytes from C{data[at:]}; return where the paste's bytes end.
+
+        C{_pending} holds the content so far (without the begin marker), or
+        while swallowing only its last bytes, enough to find an end marker
+        split across feeds.
+        """
+        keep = len(PASTE_END) - 1
+        tail = bytes(self._pending[-keep:])
+        found = (tail + data[at:]).find(PASTE_END)
+        stop = len(data) if found < 0 else at + found - len(tail) + len(PASTE_END)
+        if self._state is _State.PASTE_SWALLOW:
+            if found < 0:
+                self._pending[:] = (tail + data[at:stop])[-keep:]
+            else:
+                self._clear_pending()
+            return stop
+        self._pending += data[at:stop]
+        if found >= 0:
+            content = bytes(self._pending[: -len(PASTE_END)])
+            self._clear_pending()
+            self._paste_done(content, out)
+        elif len(self._pending) > MAX_PASTE + keep:
+            # Longer than the cap whatever comes next: refuse it now, keep
+            # only enough to see the end marker.
+            out.append(Refused(PASTE_BEGIN + bytes(self._pending[:MAX_PASTE]), _PASTE_TOO_LONG))
+            del self._pending[:-keep]
+            self._state = _State.PASTE_SWALLOW
+        return stop
+
+    def _paste_done(self, content: bytes, out: list[Event]) -> None:
+        whole = PASTE_BEGIN + content + PASTE_END
+        if len(content) > MAX_PASTE:
+            out.append(Refused(PASTE_BEGIN + content[:MAX_PASTE], _PASTE_TOO_LONG))
+            return
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(Refused(whole, _PASTE_NOT_UTF8))
+            return
+        for char in text:
+            if _paste_control(char):
+                out.append(Refused(whole, f"a paste holding the control character {char!r}"))
+                return
+        if not self._pastes_bracketed():
+            out.append(Refused(whole, _PASTE_NOT_BRACKETED))
+            return
+        # readline turns every CR of a paste into LF, CR LF into two LFs.
+        text = text.replace("\r", "\n")
+        if "\t" in text:
+            self._dirty.add(PASTE)  # readline shows it as spaces up to a tab stop
+        at = self.cursor
+        self._edit(self.line[:at] + text + self.line[at:], at + len(text))
+        self._forward(whole, out)
 
     # -- the parser ----------------------------------------------------------------
 
@@ -619,7 +764,9 @@ class LineBuffer:
         elif act is _Act.TAB:
             self._dirty.add(TAB)
         elif act is _Act.PASTE:
-            self._dirty.add(PASTE)
+            # Collected up to its end marker; nothing is forwarded before that.
+            self._state = _State.PASTE
+            return
         elif act is _Act.UNKNOWN:
             self._dirty.add(UNKNOWN_KEY)
         self._forward(key, out)

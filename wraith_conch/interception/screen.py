@@ -4,7 +4,10 @@ A keystroke model cannot know what bash does with history recall, tab completion
 cursor editing; the terminal can. The gateway feeds every byte the target prints into
 :class:`Screen`, calls :meth:`Screen.mark_input_start` when the first key of a new input line
 goes to the target, and when the operator presses Enter asks :meth:`Screen.read_input_line`
-for the line as it is displayed, which is what readline is about to run.
+for the line as it is displayed, which is what readline is about to run. A line holding
+newlines (a multi-line bracketed paste) is read over the rows below the prompt row, joined
+with newlines, as readline displays it; the screen reads it on its own, as a cross-check of
+the keystroke model, never from it.
 
 The module is sans-IO: bytes in, text out, no reactor and no logging.
 
@@ -156,8 +159,10 @@ class _Mark:
     col: int
     alternate: bool  # which buffer the mark belongs to
     prompt: str  # what the row showed left of the mark, to find the prompt again
-    #: cells and ``wrapped_at`` of rows from ``row`` upward that have left the screen
-    scrolled: list[tuple[list[str], int]] = attrs.Factory(list)
+    #: cells and ``wrapped_at`` of rows from ``row`` upward that have left the screen; the
+    #: cells as one string when all are ASCII (a list costs ~5x more memory)
+    scrolled: list[tuple[list[str] | str, int]] = attrs.Factory(list)
+    row_count_off: int = 0  # rows from ``row`` on that have left the screen
     above_done: bool = False  # the logical line ended in a row that has left the screen
     cleared: bool = False  # the screen was erased; find the prompt again
     broken: str | None = None  # why the position can no longer be trusted
@@ -363,16 +368,26 @@ class _Terminal(pyte.Screen):
         return mark
 
     def _capture_top_row(self, mark: _Mark) -> None:
-        """Row 0 is leaving the screen with the input line (or its start) on it: keep it."""
-        if not mark.above_done:
-            if len(mark.scrolled) >= MAX_SCROLLED_INPUT_ROWS:
+        """Row 0 is leaving the screen with the input line (or its start) on it: keep it.
+
+        Rows after the first logical line are kept too, as long as there is room: they may be
+        later lines of a multi-line input (a paste). Past the bound they are lost, and reading
+        them says so.
+        """
+        if len(mark.scrolled) >= MAX_SCROLLED_INPUT_ROWS:
+            if not mark.above_done:
                 mark.broken = "the start of the input line scrolled too far off the screen"
                 return
+        elif len(mark.scrolled) == mark.row_count_off:
             row = self.buffer.get(0)
             wrapped = row.wrapped_at if row is not None else 0
-            mark.scrolled.append((_cell_texts(row, self.columns), wrapped))
+            cells = _cell_texts(row, self.columns)
+            text = "".join(cells)
+            simple = text.isascii() and len(text) == len(cells)  # one character per cell
+            mark.scrolled.append((text if simple else cells, wrapped))
             if not wrapped:
                 mark.above_done = True
+        mark.row_count_off += 1
         mark.row -= 1
 
     def _track_scroll_up(self, top: int, bottom: int) -> None:
@@ -892,7 +907,7 @@ class Screen:
         self._term.mark = None
 
     def input_line(self) -> str:
-        """The input line as displayed: the text from the mark along soft-wrapped rows."""
+        """The input line as displayed (see :meth:`read_input_line`)."""
         return self.read_input_line().text
 
     def read_input_line(self) -> InputLine:
@@ -903,15 +918,26 @@ class Screen:
         holding the cursor is used if it starts with the same prompt. While readline shows
         ``(reverse-i-search)`...': `` or ``(arg: N) `` instead of the prompt, the line after
         it is returned, because that is what Enter accepts.
+
+        A line that holds newlines (a multi-line paste, or such a line recalled from history)
+        is displayed by readline as rows joined by hard newlines: each newline continues at
+        column 0 of the next row. So the line read is its first logical line (the prompt row
+        and the rows it soft-wraps onto) followed by every later logical line down to the
+        cursor's row or the last row that is not blank, whichever is lower, joined with
+        ``"\\n"``. Rows below a fresh prompt are blank, so this adds nothing to a one-line
+        input; rows left on the screen below it are read too (more to review, never less).
+        Trailing blanks of a row that does not hold the cursor cannot be told from blank
+        cells and are dropped. Rows that scrolled off beyond ``MAX_SCROLLED_INPUT_ROWS``
+        are missing from the text, which is then not vouched for.
         """
         term = self._term
         mark = term.mark
         if mark is None:
             return InputLine("", False, "no input line was marked")
         active = mark.alternate == term.alternate
-        tracked = None
+        tracked = first = None
         if not mark.broken and not mark.cleared:
-            tracked = self._read_at(mark, mark.row, active)
+            tracked, first = self._read_block(mark, mark.row, active)
         if not active:
             if term.alternate:
                 reason = "the alternate screen is in use"
@@ -921,18 +947,79 @@ class Screen:
                 return InputLine("", False, mark.broken or reason)
             return InputLine(tracked.text, False, reason)
         cursor_row = term.cursor.y
-        if tracked is not None and mark.row <= cursor_row <= tracked.last_row:
-            return self._finish(tracked)
+        if tracked is not None and first is not None and mark.row <= cursor_row <= tracked.last_row:
+            redrawn = self._redrawn_prompt_row(mark, first, cursor_row)
+            if redrawn is None:
+                return self._finish(tracked)
+            self._move_mark(mark, redrawn)
+            return self._finish(self._read_block(mark, redrawn, True)[0])
         found = self._find_prompt_row(mark)
         if found is not None:
-            mark.row, mark.scrolled, mark.above_done = found, [], False
-            mark.cleared, mark.broken = False, None
-            return self._finish(self._read_at(mark, found, True))
+            row, sure = found
+            self._move_mark(mark, row)
+            span = self._read_block(mark, row, True)[0]
+            if not sure and span.problem is None:
+                span = attrs.evolve(span, problem="the prompt was found above a hard newline")
+            return self._finish(span)
         if tracked is not None:
             return InputLine(tracked.text, False, "the cursor is outside the tracked input line")
         if mark.broken:
             return InputLine("", False, mark.broken)
         return InputLine("", False, "the screen was cleared and the prompt was not found again")
+
+    @staticmethod
+    def _move_mark(mark: _Mark, row: int) -> None:
+        mark.row, mark.scrolled, mark.above_done, mark.row_count_off = row, [], False, 0
+        mark.cleared, mark.broken = False, None
+
+    def _read_block(self, mark: _Mark, row_index: int, active: bool) -> tuple[_Span, _Span]:
+        """The whole input from the prompt row ``row_index``, and its first logical line."""
+        first = self._read_at(mark, row_index, active)
+        last = self._block_end(first.last_row, active)
+        parts, problem = [first.text], first.problem
+        index = first.last_row + 1
+        while index <= last:
+            span = self._read_span(mark, index, 0, active)
+            parts.append(span.text)
+            problem = problem or span.problem
+            index = max(span.last_row, index) + 1
+        return _Span("\n".join(parts), max(first.last_row, index - 1), problem), first
+
+    def _block_end(self, after: int, active: bool) -> int:
+        """The last row of a multi-line input whose first logical line ends at row ``after``."""
+        term = self._term
+        last = term.cursor.y if active else after
+        buffer = term.buffer if active else term.other_buffer
+        for y in range(term.lines - 1, max(after, last), -1):
+            row = buffer.get(y)
+            if row and "".join(_cell_texts(row, term.columns)).strip():
+                return y
+        return max(after, last)
+
+    def _logical_starts(self, first_row: int, last_row: int) -> list[int]:
+        """Rows from ``first_row`` to ``last_row`` that do not continue a soft-wrapped row."""
+        buffer = self._term.buffer
+        out = []
+        for y in range(max(0, first_row), last_row + 1):
+            above = buffer.get(y - 1) if y > 0 else None
+            if above is None or not above.wrapped_at:
+                out.append(y)
+        return out
+
+    def _redrawn_prompt_row(self, mark: _Mark, first: _Span, cursor_row: int) -> int | None:
+        """
+        Below the first logical line and at or above the cursor: a row that starts like the
+        prompt and reads as the old first line continued, where readline redrew prompt and
+        line (after a completion listing). A later line of a multi-line input that merely
+        starts like the prompt does not continue the first line, and is read as part of it.
+        """
+        for y in self._logical_starts(first.last_row + 1, cursor_row):
+            if self._line_start(mark, y, True) is None:
+                continue
+            span = self._read_at(mark, y, True)
+            if span.text.startswith(first.text):
+                return y
+        return None
 
     @staticmethod
     def _finish(span: _Span) -> InputLine:
@@ -946,7 +1033,8 @@ class Screen:
         if index < 0:
             k = index - mark.row
             if 0 <= k < len(mark.scrolled):
-                return mark.scrolled[k]
+                cells, wrapped = mark.scrolled[k]
+                return list(cells), wrapped
             return None
         if index >= term.lines:
             return None
@@ -1020,8 +1108,14 @@ class Screen:
             return _Span(span.text, span.last_row, "no prompt was visible where the line started")
         return span
 
-    def _find_prompt_row(self, mark: _Mark) -> int | None:
-        """The topmost row of the logical line holding the cursor that starts like the prompt."""
+    def _find_prompt_row(self, mark: _Mark) -> tuple[int, bool] | None:
+        """Where the prompt shows again, and whether that is sure.
+
+        The topmost row of the logical line holding the cursor that starts like the prompt;
+        else, for a multi-line input, the nearest such row above it across hard newlines,
+        sure only when nothing is above it (the top row, or blank rows: a redraw after
+        Ctrl-L), since a later line of the input may itself start like the prompt.
+        """
         term = self._term
         if not mark.prompt.strip():
             return None  # a blank prompt would match any blank row
@@ -1033,7 +1127,11 @@ class Screen:
             top -= 1
         for row_index in range(top, term.cursor.y + 1):
             if self._line_start(mark, row_index, True) is not None:
-                return row_index
+                return row_index, True
+        for row_index in reversed(self._logical_starts(0, top - 1)):
+            if self._line_start(mark, row_index, True) is not None:
+                above = "".join(r for y in range(row_index) if (r := self.row_text(y)))
+                return row_index, not above
         return None
 
 
