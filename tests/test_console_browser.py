@@ -288,3 +288,25 @@ class ConsoleBrowserTests(TestCase):
         yield self.in_browser(self._decide, page, other.id, "approve", "")
         decisions = yield defer.gatherResults([d_tricky, d_other])
         self.assertEqual([x.approved for x in decisions], [False, True])
+
+    @defer.inlineCallbacks
+    def test_multi_line_command_is_shown_line_by_line(self):
+        # A pasted script: each newline is marked and also breaks the line.
+        page = yield self.in_browser(self._login_with_link, BOB_TOKEN)
+        script = make_request("cd /srv\nrm -rf data\n")
+        decided = self.client.request_decision(script)
+
+        def inspect():
+            command = page.locator(f'article.request[data-id="{script.id}"] pre.command')
+            command.wait_for()
+            return (
+                command.locator("span.esc").all_inner_texts(),
+                command.locator("br").count(),
+                command.inner_text(),
+            )
+
+        marks, breaks, text = yield self.in_browser(inspect)
+        self.assertEqual((marks, breaks), (["\\n", "\\n"], 2))
+        self.assertEqual(text.splitlines(), ["cd /srv\\n", "rm -rf data\\n"])
+        yield self.in_browser(self._decide, page, script.id, "deny", "one at a time")
+        self.assertFalse((yield decided).approved)

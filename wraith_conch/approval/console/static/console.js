@@ -78,6 +78,9 @@
       span.textContent = mark[0];
       span.title = mark[1];
       fragment.appendChild(span);
+      // A pasted script reads line by line: break after each newline mark
+      // (the mark stays, so the break cannot be mistaken for a wrap).
+      if (cp === 10) fragment.appendChild(document.createElement("br"));
     }
     flush();
     return fragment;
