@@ -35,16 +35,20 @@ class ShellGatePasteTests(SynchronousTestCase):
         self.sent: list[bytes] = []
         self.told: list[bytes] = []
         self.mismatches: list[bool] = []
-        self.gate = ShellGate(
+        self.gate = self.make_gate(self.approver)
+
+    def make_gate(self, approver: ScriptedApprover) -> ShellGate:
+        gate = ShellGate(
             clock=self.clock,
-            approver=self.approver,
+            approver=approver,
             to_target=self.sent.append,
             to_operator=self.told.append,
             make_request=self._request,
             to_target_eof=lambda: None,
             screen=Screen(80, 24),
         )
-        self.gate.target_output(PROMPT)
+        gate.target_output(PROMPT)
+        return gate
 
     def _request(self, command: str, typed: str, mismatch: bool) -> CommandRequest:
         self.mismatches.append(mismatch)
@@ -234,3 +238,24 @@ class ShellGatePasteTests(SynchronousTestCase):
         self.assertIn(
             b"\r\nwraith: denied: the line changed while it waited for approval\r\n", self.told
         )
+
+    def test_a_decision_made_at_once_paints_no_waiting_notice(self) -> None:
+        # As the policy decides: the Deferred has fired when it is returned.
+        self.gate = self.make_gate(
+            ScriptedApprover(lambda request: Decision.approve(reviewer="policy"))
+        )
+        self.gate.operator_input(b"ls")
+        self.gate.target_output(b"ls")
+        self.gate.operator_input(b"\r")
+        self.assertEqual(self.sent, [b"ls", b"\r"])
+        self.assertEqual(self.told, [])
+
+    def test_a_waiting_request_paints_the_notice_and_clears_it(self) -> None:
+        self.gate.operator_input(b"ls")
+        self.gate.target_output(b"ls")
+        self.gate.operator_input(b"\r")
+        [notice] = self.told
+        self.assertIn(b"waiting for approval", notice)
+        self.approver.decide(self.approver.requests[0].id, Decision.approve())
+        self.assertEqual(self.sent, [b"ls", b"\r"])
+        self.assertEqual(self.told[1:], [b"\r\x1b[K\x1b8"])

@@ -318,8 +318,11 @@ class ShellGate:
             record_gateway_decision(self._approver, request, denial, asked=False)
             decided = defer.succeed(denial)
         else:
-            self._show_waiting()
             decided = self._approver.request_decision(request)
+            # Only a request that waits needs the notice: one the policy
+            # decided at once would paint it and clear it again for nothing.
+            if not decided.called:
+                self._show_waiting()
         decided.addErrback(denial_from_failure)
         decided.addCallback(self._decided, request)
 
