@@ -10,17 +10,22 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
 import struct
 
 from twisted.conch.ssh import connection, transport
 from twisted.conch.ssh.transport import SSHCiphers
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from tests.gatewayharness import Gateway
 from tests.operator import spawn_ssh
 from tests.sshd import TargetSSHD, make_basedir
-from wraith_conch.fastpath import FastPacketTransportMixin, FastSSHCiphers
+from wraith_conch.fastpath import FastPacketTransportMixin, FastSSHCiphers, send_now
 from wraith_conch.relay import RelayConnection
 from wraith_conch.testing import ScriptedApprover, approve_all_except
 
@@ -351,3 +356,78 @@ class OpenSSHInteropTests(unittest.TestCase):
 
     def test_aes192_ctr_hmac_sha1(self):
         return self.check(("aes192-ctr", "hmac-sha1"), ("aes256-ctr", "hmac-sha2-512"))
+
+
+class SendNowTests(unittest.TestCase):
+    """
+    L{send_now} hands written bytes to the kernel before the reactor's next
+    turn: a plain blocking socket at the other end has them at once.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(self.listener.close)
+        port = self.listener.getsockname()[1]
+        connected = defer.Deferred()
+
+        class Client(Protocol):
+            def connectionMade(self):
+                connected.callback(self)
+
+        factory = ClientFactory.forProtocol(Client)
+        self.connector = reactor.connectTCP("127.0.0.1", port, factory, timeout=5)
+        self.addCleanup(self.connector.disconnect)
+        self.client = yield connected
+        self.peer, _ = self.listener.accept()
+        self.addCleanup(self.peer.close)
+        self.peer.settimeout(0.5)
+
+    def received_without_the_reactor(self) -> bytes:
+        try:
+            return self.peer.recv(100)
+        except TimeoutError:
+            return b""
+
+    def test_written_bytes_leave_at_once(self):
+        self.client.transport.write(b"approve me")
+        send_now(self.client.transport)
+        self.assertEqual(self.received_without_the_reactor(), b"approve me")
+
+    def test_without_it_they_wait_for_the_reactor(self):
+        # The control: what send_now saves.
+        self.client.transport.write(b"later")
+        self.assertEqual(self.received_without_the_reactor(), b"")
+
+    def test_a_closing_connection_is_left_to_the_reactor(self):
+        self.client.transport.write(b"last words")
+        self.client.transport.loseConnection()
+        send_now(self.client.transport)
+        self.assertEqual(self.received_without_the_reactor(), b"")
+
+    def test_a_connection_with_a_producer_is_left_to_the_reactor(self):
+        @implementer(IPushProducer)
+        class Producer:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        self.client.transport.registerProducer(Producer(), True)
+        self.addCleanup(self.client.transport.unregisterProducer)
+        self.client.transport.write(b"flow controlled")
+        send_now(self.client.transport)
+        self.assertEqual(self.received_without_the_reactor(), b"")
+
+    def test_other_transports_are_left_alone(self):
+        memory = StringTransport()
+        memory.write(b"x")
+        send_now(memory)
+        send_now(None)
+        self.assertEqual(memory.value(), b"x")

@@ -37,7 +37,7 @@ class ShellGatePasteTests(SynchronousTestCase):
         self.mismatches: list[bool] = []
         self.gate = self.make_gate(self.approver)
 
-    def make_gate(self, approver: ScriptedApprover) -> ShellGate:
+    def make_gate(self, approver: ScriptedApprover, **extra) -> ShellGate:
         gate = ShellGate(
             clock=self.clock,
             approver=approver,
@@ -46,6 +46,7 @@ class ShellGatePasteTests(SynchronousTestCase):
             make_request=self._request,
             to_target_eof=lambda: None,
             screen=Screen(80, 24),
+            **extra,
         )
         gate.target_output(PROMPT)
         return gate
@@ -259,3 +260,17 @@ class ShellGatePasteTests(SynchronousTestCase):
         self.approver.decide(self.approver.requests[0].id, Decision.approve())
         self.assertEqual(self.sent, [b"ls", b"\r"])
         self.assertEqual(self.told[1:], [b"\r\x1b[K\x1b8"])
+
+    def test_an_approved_key_is_flushed_to_the_target_a_denial_is_not(self) -> None:
+        flushed: list[list[bytes]] = []
+        self.gate = self.make_gate(
+            self.approver, flush_target=lambda: flushed.append(list(self.sent))
+        )
+        for command, decision in (("ls", Decision.approve()), ("rm x", Decision.deny("no"))):
+            self.gate.operator_input(command.encode())
+            self.gate.target_output(command.encode())
+            self.gate.operator_input(b"\r")
+            self.approver.decide(self.approver.requests[-1].id, decision)
+            self.gate.target_output(b"\r\n" + PROMPT)
+        # Flushed once, right after the released Enter was written.
+        self.assertEqual(flushed, [[b"ls", b"\r"]])

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from twisted.conch.ssh import transport
 from twisted.conch.ssh.transport import SSHCiphers
+from twisted.internet import tcp
 
 _SEQ = struct.Struct(">L")
 _LENGTH_AND_PADDING = struct.Struct("!LB")
@@ -262,3 +263,27 @@ class FastPacketTransportMixin:
             # Whatever was not consumed waits for more data, as in Conch.
             if position < end:
                 self.buf = buf[position:] if position else buf
+
+
+def send_now(transport: object) -> None:
+    """
+    Hand what was written to a plain TCP transport to the kernel now.
+
+    Twisted sends written bytes when the reactor next polls the socket,
+    after the rest of this turn's work.  For the few writes a person waits
+    on -- an approval request, the Enter released by an approval -- that
+    turn is a fair part of the gateway's latency, so those call this.
+
+    Only a connected C{tcp.Connection} is flushed, and only when that cannot
+    re-enter anyone: not while it is closing (the reactor must see the
+    close), and not with a producer registered (a completed write may call
+    its C{resumeProducing}).  Anything else -- TLS, in-memory test
+    transports -- is left to the reactor.  A send that fails leaves the
+    socket registered for writing, so the reactor's own C{doWrite} meets the
+    same error and closes the connection the usual way.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return
+    if not transport.connected or transport.disconnecting or transport.producer is not None:
+        return
+    transport.doWrite()

@@ -64,6 +64,7 @@ from wraith_conch.approval.wsclient import (
     reconnecting_connection,
     send_text,
 )
+from wraith_conch.fastpath import send_now
 
 RETRY_FIRST_DELAY = 1.0
 """Upper bound of the first reconnection delay, in seconds (PROTOCOL.md: <= 1 s)."""
@@ -303,6 +304,7 @@ class ApprovalClient(MultiService):
         )
         if self._send(request_frame(request)):
             self._delivered.add(request.id)
+            send_now(self._session.transport)  # a person waits on this one
         else:
             # A request that was sent is logged once, with its decision (the
             # gateway's decision line; the audit trail has both): a line per

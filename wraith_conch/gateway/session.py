@@ -48,6 +48,7 @@ from wraith_conch.approval.interfaces import (
 )
 from wraith_conch.approval.live_feed import ISessionWatcher, LiveSession
 from wraith_conch.audit.recorder import SessionRecorder
+from wraith_conch.fastpath import send_now
 from wraith_conch.gateway.auth import OperatorIdentity
 from wraith_conch.gateway.forwarding import (
     CONTROL_HOST,
@@ -482,8 +483,14 @@ class SessionChannel(RelayChannel):
                 screen=screen,
                 on_mismatch=settings.on_mismatch,
                 on_decision=self.avatar.log_decision,
+                flush_target=self._flush_upstream,
             )
         self.input = self.gate.operator_input
+
+    def _flush_upstream(self) -> None:
+        ssh = self.peer.conn.transport if self.peer is not None else None
+        if ssh is not None:
+            send_now(ssh.transport)
 
     def relay_data(self, data: bytes) -> None:
         if self.recorder is not None:

@@ -96,6 +96,8 @@ class ShellGate:
     @param screen: the target's terminal (sessions without a PTY use L{PipeGate}).
     @param on_mismatch: C{"review"} or C{"deny"}.
     @param on_decision: told of every decision, for logs and the audit trail.
+    @param flush_target: send what was written to the target now (after an
+        approved key), rather than at the reactor's next turn.
     """
 
     _log = Logger()
@@ -112,8 +114,10 @@ class ShellGate:
         screen: Screen,
         on_mismatch: str = "review",
         on_decision: Callable[[CommandRequest, Decision], None] | None = None,
+        flush_target: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
+        self._flush_target = flush_target
         self._approver = approver
         self._to_target = to_target
         self._to_target_eof = to_target_eof
@@ -370,6 +374,7 @@ class ShellGate:
         self._hide_waiting()
         if decision.approved:
             self._release(self._held_key)
+            self._flush_target()  # the operator waits on this key
             self._approved_running = True
         else:
             self._deny(decision.reason or "no reason given")
