@@ -19,16 +19,12 @@ from twisted.trial import unittest
 
 from tests.gatewayharness import Gateway, home_of
 from tests.operator import interactive_ssh
-from tests.polling import wait_until
 from tests.sshd import start_sshd
+from tests.test_gateway_interactive import created
 from wraith_conch.approval.interfaces import Decision
 from wraith_conch.testing import ScriptedApprover
 
 PROMPT = "wraith$ "
-
-
-def created(path: str) -> defer.Deferred:
-    return wait_until(lambda: os.path.exists(path), f"{path} to be created", timeout=15)
 
 
 class PasteTests(unittest.TestCase):
