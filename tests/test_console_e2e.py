@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 
@@ -24,7 +23,7 @@ from tests.operator import spawn_ssh
 from tests.polling import wait_until
 from tests.sshd import start_sshd
 from tests.test_console_browser import SKIP, BrowserThread
-from tests.test_twistd import REPO, twistd_argv
+from tests.test_twistd import REPO, stop_process, twistd_argv
 
 SCREENSHOT = "/tmp/wraith-console-e2e.png"
 LIVE_SCREENSHOT = "/tmp/wraith-console-live.png"
@@ -64,18 +63,8 @@ class ConsoleEndToEndTests(TestCase):
         self.process = subprocess.Popen(
             argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
         )
-        self.addCleanup(self.stop)
+        self.addCleanup(stop_process, self.process)
         self.browser = BrowserThread()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
 
     @defer.inlineCallbacks
     def login_link(self):

@@ -302,6 +302,19 @@ def open_frame(session: str = "s-1.0", **extra) -> dict:
     }
 
 
+def snapshot_frame(
+    lines: list[str], columns: int, rows: int, cursor: list[int], session: str = "s-1.0"
+) -> dict:
+    return {
+        "type": "snapshot",
+        "session": session,
+        "columns": columns,
+        "rows": rows,
+        "lines": lines,
+        "cursor": cursor,
+    }
+
+
 class HubLiveViewTests(SynchronousTestCase):
     def setUp(self):
         self.hub = Hub()
@@ -349,14 +362,9 @@ class HubLiveViewTests(SynchronousTestCase):
         self.assertEqual(self.gateway.sent, [{"type": "watch", "sessions": ["s-1.0"]}])
         [first] = of_type(self.bob, "session")
         self.assertEqual(first, {"type": "session", "session": "s-1.0", "live": True, "lines": []})
-        snapshot = {
-            "type": "snapshot",
-            "session": "s-1.0",
-            "columns": 40,
-            "rows": 5,
-            "lines": ["alice@db1:~$ ls", "file", "alice@db1:~$", "", ""],
-            "cursor": [2, 13],
-        }
+        snapshot = snapshot_frame(
+            ["alice@db1:~$ ls", "file", "alice@db1:~$", "", ""], 40, 5, [2, 13]
+        )
 
         def output(data: bytes) -> dict:
             return {"type": "output", "session": "s-1.0", "data": base64.b64encode(data).decode()}
@@ -391,16 +399,7 @@ class HubLiveViewTests(SynchronousTestCase):
         feed_frames(
             self.hub,
             self.gateway,
-            [
-                {
-                    "type": "snapshot",
-                    "session": "s-1.0",
-                    "columns": 40,
-                    "rows": 5,
-                    "lines": ["$"],
-                    "cursor": [0, 2],
-                }
-            ],
+            [snapshot_frame(["$"], 40, 5, [0, 2])],
         )
         self.assertTrue(self.hub.live.has_screen("s-1.0"))
         self.hub.reviewer_disconnected(self.bob)
@@ -433,14 +432,7 @@ class HubLiveViewTests(SynchronousTestCase):
                 {"type": "hello", "version": 1, "gateway": "gw2"},
                 open_frame(user="mallory"),  # the same id, another gateway
                 {"type": "close", "session": "s-1.0"},
-                {
-                    "type": "snapshot",
-                    "session": "s-1.0",
-                    "columns": 4,
-                    "rows": 1,
-                    "lines": ["fake"],
-                    "cursor": [0, 0],
-                },
+                snapshot_frame(["fake"], 4, 1, [0, 0]),
             ],
         )
         self.assertEqual(self.hub.stats["feed_session_refused"], 1)
@@ -451,16 +443,7 @@ class HubLiveViewTests(SynchronousTestCase):
         feed_frames(
             self.hub,
             self.gateway,
-            [
-                {
-                    "type": "snapshot",
-                    "session": "s-1.0",
-                    "columns": 4,
-                    "rows": 1,
-                    "lines": ["fake"],
-                    "cursor": [0, 0],
-                }
-            ],
+            [snapshot_frame(["fake"], 4, 1, [0, 0])],
         )
         self.assertFalse(self.hub.live.has_screen("s-1.0"))
 

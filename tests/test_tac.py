@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from tests.gatewayharness import keygen
 from tests.operator import spawn_ssh
 from tests.polling import wait_until
 from tests.sshd import start_sshd
+from tests.test_twistd import stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAC = os.path.join("tac", "wraith.tac")
@@ -97,7 +97,7 @@ class TacGatewayTests(unittest.TestCase):
     @defer.inlineCallbacks
     def start_gateway(self, settings: dict[str, str], *twistd_flags: str):
         self.process = run_tac(self.base, settings, *twistd_flags)
-        self.addCleanup(self.stop_gateway)
+        self.addCleanup(stop_process, self.process)
         # Up to 30 s for the key file and the approval connection: a loaded
         # machine can take seconds just to import and start twistd.
         for _ in range(300):
@@ -112,15 +112,6 @@ class TacGatewayTests(unittest.TestCase):
         public = keys.Key.fromFile(self.host_key).public().toString("openssh").decode()
         with open(self.known, "w") as f:
             f.write(f"[127.0.0.1]:{self.port} {public}\n")
-
-    def stop_gateway(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
     def output(self) -> str:
         with open(os.path.join(self.base, "twistd.out"), errors="replace") as f:
